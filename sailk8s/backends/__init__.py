@@ -1,0 +1,1 @@
+"""Backends run one stage attempt: local processes or a Kubernetes PyTorchJob."""

@@ -1,0 +1,1 @@
+"""Drives a run: stage order, retries, adoption, run state."""

@@ -1,0 +1,1 @@
+"""What is done: shard markers, checkpoints, progress and reports."""

@@ -1,0 +1,11 @@
+"""Config block of `sft` stages."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Config(BaseModel):
+    """Placeholder until the sft stage lands: accepts any keys."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)

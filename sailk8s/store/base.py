@@ -1,0 +1,81 @@
+"""The ObjectStore contract every store implements, and key validation shared by all."""
+
+from __future__ import annotations
+
+import abc
+import os
+from collections.abc import Iterator
+
+from sailk8s.errors import StoreKeyError
+
+
+def validate_key(key: str) -> str:
+    """Return key unchanged if safe; raise StoreKeyError naming the problem otherwise.
+
+    Keys are '/'-separated relative paths: no leading '/', no '.' or '..' segments, no empty
+    segments, no control characters, no backslashes.
+    """
+    if not isinstance(key, str) or not key:
+        raise StoreKeyError(f"invalid store key {key!r}: empty")
+    if key.startswith("/"):
+        raise StoreKeyError(f"invalid store key {key!r}: absolute paths are not allowed")
+    if any(ord(c) < 32 or ord(c) == 127 for c in key):
+        raise StoreKeyError(f"invalid store key {key!r}: control characters are not allowed")
+    if "\\" in key:
+        raise StoreKeyError(f"invalid store key {key!r}: backslashes are not allowed")
+    for seg in key.split("/"):
+        if seg == "":
+            raise StoreKeyError(f"invalid store key {key!r}: empty path segment")
+        if seg in (".", ".."):
+            raise StoreKeyError(f"invalid store key {key!r}: '{seg}' segments are not allowed")
+    return key
+
+
+def validate_prefix(prefix: str) -> str:
+    """Like validate_key, but '' (everything) and a trailing '/' are allowed."""
+    if prefix == "":
+        return prefix
+    validate_key(prefix.rstrip("/") or "x")
+    return prefix
+
+
+class ObjectStore(abc.ABC):
+    """A flat key/value object store with atomic writes.
+
+    Keys are relative to the store's root (the path of file:// or the prefix of s3://).
+    A reader never sees a partially written object.
+    """
+
+    uri: str
+
+    @abc.abstractmethod
+    def put(self, key: str, data: bytes) -> None:
+        """Write (or replace) an object atomically."""
+
+    @abc.abstractmethod
+    def get(self, key: str) -> bytes:
+        """Read a whole object; ObjectNotFound if absent."""
+
+    @abc.abstractmethod
+    def exists(self, key: str) -> bool:
+        """Whether an object exists at key."""
+
+    @abc.abstractmethod
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under prefix (a plain string prefix), sorted, recursively."""
+
+    @abc.abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove an object; deleting a missing key is not an error."""
+
+    @abc.abstractmethod
+    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Upload a local file atomically (multipart for large files on S3)."""
+
+    @abc.abstractmethod
+    def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
+        """Download to a local path atomically (temp file + rename)."""
+
+    def describe(self, key: str = "") -> str:
+        """A human-readable location for messages, e.g. 's3://bucket/prefix/key'."""
+        return self.uri.rstrip("/") + ("/" + key if key else "")

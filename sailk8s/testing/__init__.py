@@ -1,0 +1,1 @@
+"""Fake Kubernetes API and training operator for tests (like kopf.testing)."""
