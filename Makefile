@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 # No DeepSpeed C++/CUDA ops at install time: they are JIT-built on GPU machines when used.
 export DS_BUILD_OPS := 0
 
-.PHONY: demo test test-quick lint venv clean bench images
+.PHONY: demo test test-quick lint venv clean bench
+
+.DEFAULT_GOAL := demo
+include images/images.mk
 
 venv: $(VENV)/.installed
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -22,6 +22,9 @@ class Settings(BaseSettings):
     store_retry_seconds: float = 60.0
     namespace: str = "default"
     kube_context: str | None = None
+    # Run lock lease: a controller that dies (kill -9, lost node) blocks its successor at most
+    # this long. Shorter takes over sooner; longer tolerates slower API/store round trips.
+    lease_seconds: float = Field(default=30.0, ge=1.0)
     log_format: Literal["console", "json"] = "console"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -288,12 +288,17 @@ def _loc(loc: tuple[int | str, ...]) -> str:
 
 def format_validation_error(err: ValidationError) -> list[str]:
     """One readable line per problem, each naming its field path."""
-    lines = []
+    lines: list[str] = []
     for e in err.errors():
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
-        lines.append(f"{_loc(tuple(e['loc']))}: {msg}")
+        where = _loc(tuple(e["loc"]))
+        if msg.startswith("config."):
+            # A stage's config block reports "config.<field>: <msg>; ..." (sailk8s.stageconfig).
+            lines.extend(f"{where}.{part}" for part in msg.split("; "))
+            continue
+        lines.append(f"{where}: {msg}")
     return lines
 
 

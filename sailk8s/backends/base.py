@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import abc
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from sailk8s.errors import BackendError
 from sailk8s.exitcodes import FailureClass
 from sailk8s.spec import Pipeline, Stage
 
@@ -69,10 +71,76 @@ class AttemptStatus:
     details: dict[str, str] = field(default_factory=dict)
 
 
+class LockHeld(BackendError):
+    """Another live controller holds the run's lock."""
+
+
+class LockLost(BackendError):
+    """Our lease on the run expired and another controller took it over."""
+
+
+class RunLock(abc.ABC):
+    """Makes sure only one controller drives a run: a lease with an expiry its holder renews.
+
+    Backends hand one out through `Backend.run_lock()`:
+    - LocalBackend: an object in the store at runs/<run>/lock (sailk8s.runstate.StoreRunLock),
+    - KubernetesBackend: a coordination.k8s.io/v1 Lease named after the run
+      (spec.holderIdentity = holder, spec.leaseDurationSeconds = lease_seconds, renewTime).
+    A holder that stops renewing (killed controller) loses the lease once `lease_seconds` pass
+    without renewal; another controller may then take it over. Implementations provide
+    try_acquire / renew / release / current_holder; `acquire` (waiting) is shared.
+    The controller renews every lease_seconds / 3 while it runs and releases at the end.
+    """
+
+    def __init__(self, run: str, holder: str, lease_seconds: float = 30.0) -> None:
+        self.run = run
+        self.holder = holder
+        self.lease_seconds = lease_seconds
+
+    @abc.abstractmethod
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free, expired or already ours; False if another live holder has it."""
+
+    @abc.abstractmethod
+    def renew(self) -> None:
+        """Extend our lease; raise LockLost if another holder has taken it."""
+
+    @abc.abstractmethod
+    def release(self) -> None:
+        """Give the lease up if it is ours (no-op otherwise)."""
+
+    @abc.abstractmethod
+    def current_holder(self) -> str | None:
+        """Who holds an unexpired lease now (None if nobody), for messages."""
+
+    def acquire(
+        self,
+        wait: float = 0.0,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        """Take the lease, waiting up to `wait` seconds for it; LockHeld naming the holder otherwise."""
+        deadline = clock() + wait
+        while not self.try_acquire():
+            if clock() >= deadline:
+                holder = self.current_holder() or "another controller"
+                raise LockHeld(
+                    f"run {self.run!r} is driven by another controller ({holder}); wait for it to "
+                    f"finish, cancel it, or retry after its lease expires ({self.lease_seconds:g}s "
+                    "without renewal)"
+                )
+            sleep(min(1.0, max(0.05, self.lease_seconds / 10)))
+
+
 class Backend(abc.ABC):
     """Runs stage attempts. Implementations: LocalBackend, KubernetesBackend."""
 
     name: str
+
+    def run_lock(self, run: str, holder: str, lease_seconds: float = 30.0) -> RunLock:
+        """The lock that keeps a second controller off `run` (see RunLock); backends override it."""
+        raise BackendError(f"the {self.name} backend provides no run lock")
 
     @abc.abstractmethod
     def submit(self, pipeline: Pipeline, stage: Stage, attempt: int) -> AttemptRef:

@@ -12,8 +12,8 @@ from typing import Any
 
 import click
 
-from sailk8s import __version__
-from sailk8s.errors import ConfigError, SailError
+from sailk8s import __version__, exitcodes
+from sailk8s.errors import ConfigError, SailError, StoreError
 
 # name -> "module:attribute" of a click.Command; loaded on first use.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -76,7 +76,7 @@ def cli(ctx: click.Context, log_format: str | None, log_level: str | None) -> No
 
 
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: run the CLI; SailErrors become one line on stderr and exit status 2-3."""
+    """Entry point: SailErrors become one line on stderr and an exit code of sailk8s.exitcodes."""
     try:
         return cli.main(args=argv, prog_name="python -m sailk8s", standalone_mode=False)
     except click.exceptions.Abort:
@@ -90,10 +90,14 @@ def main(argv: list[str] | None = None) -> Any:
     except ConfigError as err:
         for line in err.problems:
             click.echo(f"error: {line}", err=True)
-        sys.exit(3)
+        sys.exit(exitcodes.BAD_CONFIG)
+    except StoreError as err:
+        # Usually transient (store down): exit 75 so a Job's retries are not wasted on it.
+        click.echo(f"error: {err}", err=True)
+        sys.exit(exitcodes.TEMPFAIL)
     except SailError as err:
         click.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        sys.exit(exitcodes.APP_ERROR)
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)

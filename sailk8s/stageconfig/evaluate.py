@@ -1,11 +1,25 @@
-"""Config block of `evaluate` stages."""
+"""Config block of `evaluate` stages: a model against question/answer shards."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Config(BaseModel):
-    """Placeholder until the evaluate stage lands: accepts any keys."""
+    """Which model, which metric; the QA shards are the stage's inputs."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # A saved model: a prefix of this run's store, a store URI, or a local directory.
+    model: str = Field(min_length=1)
+    # exact_match: generate and compare; multiple_choice: pick the choice of highest
+    # log-likelihood (needs `choices` in the sample); auto: multiple_choice when choices exist.
+    metric: Literal["auto", "exact_match", "multiple_choice"] = "auto"
+    max_new_tokens: int = Field(default=16, ge=1, le=4096)
+    batch_size: int = Field(default=16, ge=1)
+    max_tiles: int = Field(default=1, ge=1, le=40)
+    # Case and surrounding space/punctuation are ignored when comparing answers.
+    normalize: bool = True
+    limit: int | None = Field(default=None, ge=1)

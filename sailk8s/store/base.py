@@ -35,7 +35,8 @@ def validate_prefix(prefix: str) -> str:
     """Like validate_key, but '' (everything) and a trailing '/' are allowed."""
     if prefix == "":
         return prefix
-    validate_key(prefix.rstrip("/") or "x")
+    # Only ONE trailing '/' is allowed: 'a//' has an empty segment like the key 'a//b'.
+    validate_key(prefix[:-1] if prefix.endswith("/") else prefix)
     return prefix
 
 
@@ -75,6 +76,13 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         """Download to a local path atomically (temp file + rename)."""
+
+    def check(self) -> None:
+        """Verify the store is reachable and usable; StoreUnavailable naming the cause if not.
+
+        Optional: operations report the same problems when they happen. The default does nothing.
+        """
+        return None
 
     def describe(self, key: str = "") -> str:
         """A human-readable location for messages, e.g. 's3://bucket/prefix/key'."""

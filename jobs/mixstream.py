@@ -1,0 +1,137 @@
+"""A deterministic stream of raw samples from a weighted mix of store prefixes, repeating epochs.
+
+    stream = MixStream(store, entries, seed=0, order_by=None)
+    for entry_index, sample in stream: ...      # sample: jobs.shards.Sample (bytes + json)
+    stream.epochs, stream.dropped               # epochs started per source, bad samples by reason
+
+Sources are interleaved by smooth weighted round robin (the nginx scheme): over any window the
+share of each source follows its weight exactly, with no random state to save. Each source
+reads its shards in an order shuffled per epoch (seeded), samples shuffled within a shard;
+with `order_by` a source is instead read fully into memory and sorted by that json field
+(the SFT curriculum option; meant for SFT-sized sets). When a source runs out it starts a new
+epoch and says so in the log: a budget larger than the data repeats it. The same arguments
+always give the same sequence, which is what lets a resumed run replay its data position.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import structlog
+
+from jobs import shards as sh
+from jobs.data import field_value
+from jobs.runtime import InputError
+from sailk8s.stageconfig.training import MixEntry
+from sailk8s.store.base import ObjectStore
+
+log = structlog.get_logger(__name__)
+
+
+def list_shards(store: ObjectStore, prefix: str) -> list[str]:
+    """The .tar shards directly or indirectly under prefix/, sorted; InputError when none."""
+    keys = [k for k in store.list(prefix.rstrip("/") + "/") if k.endswith(".tar")]
+    if not keys:
+        raise InputError(f"no WebDataset shards (*.tar) under {store.describe(prefix)}: "
+                         "check the mix prefix and that the stage producing it ran")
+    return sorted(keys)
+
+
+class SourceReader:
+    """Endless samples of one mix entry, epoch after epoch."""
+
+    def __init__(self, store: ObjectStore, entry: MixEntry, *, seed: int, order_by: str | None = None,
+                 descending: bool = False, dropped: Counter[str] | None = None) -> None:
+        self.store, self.entry, self.seed = store, entry, seed
+        self.order_by, self.descending = order_by, descending
+        self.shards = list_shards(store, entry.prefix)
+        self.need_image = entry.format not in ("text",)
+        self.dropped: Counter[str] = dropped if dropped is not None else Counter()
+        self.epoch = 0
+        self._sorted: list[sh.Sample] | None = None
+
+    def _read(self, key: str) -> list[sh.Sample]:
+        out: list[sh.Sample] = []
+        need_image = self.need_image and self.entry.format != "auto"
+        for item in sh.read_shard(io.BytesIO(self.store.get(key)), need_image=need_image):
+            if isinstance(item, sh.BadSample):
+                if self.epoch == 0:  # count each bad sample once, not once per epoch
+                    self.dropped[item.reason] += 1
+            else:
+                out.append(item)
+        return out
+
+    def _score(self, s: sh.Sample) -> tuple[int, float]:
+        v = field_value(s.meta, self.order_by or "")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return (1, 0.0)  # unscored samples go last either way
+        return (0, -float(v) if self.descending else float(v))
+
+    def __iter__(self) -> Iterator[sh.Sample]:
+        while True:
+            produced = 0
+            if self.epoch > 0:
+                log.info("data source repeats: the budget is larger than the data",
+                         source=self.entry.prefix, epoch=self.epoch + 1)
+            if self.order_by:
+                if self._sorted is None:
+                    everything = [s for k in self.shards for s in self._read(k)]
+                    self._sorted = sorted(everything, key=self._score)  # stable: ties keep shard order
+                for s in self._sorted:
+                    produced += 1
+                    yield s
+            else:
+                rng = random.Random(f"{self.seed}:{self.entry.prefix}:{self.epoch}")
+                order = list(self.shards)
+                rng.shuffle(order)
+                for key in order:
+                    samples = self._read(key)
+                    rng.shuffle(samples)
+                    for s in samples:
+                        produced += 1
+                        yield s
+            if produced == 0:
+                raise InputError(f"no usable samples under {self.store.describe(self.entry.prefix)} "
+                                 f"(dropped: {dict(self.dropped) or 'none'})")
+            self.epoch += 1
+
+
+class MixStream:
+    """(entry index, sample) pairs from all sources, interleaved by smooth weighted round robin."""
+
+    def __init__(self, store: ObjectStore, entries: Sequence[MixEntry], *, seed: int = 0,
+                 order_by: str | None = None, descending: bool = False) -> None:
+        if not entries:
+            raise InputError("empty data mix: the sub-stage lists no data source")
+        self.entries = list(entries)
+        self.dropped: Counter[str] = Counter()
+        self.readers = [SourceReader(store, e, seed=seed + i, order_by=order_by, descending=descending,
+                                     dropped=self.dropped) for i, e in enumerate(entries)]
+        self.draws: Counter[str] = Counter()
+
+    @property
+    def epochs(self) -> dict[str, int]:
+        """Epochs started per source (1 = the data has not repeated)."""
+        return {r.entry.prefix: r.epoch + 1 for r in self.readers}
+
+    def __iter__(self) -> Iterator[tuple[int, sh.Sample]]:
+        iters = [iter(r) for r in self.readers]
+        weights = [e.weight for e in self.entries]
+        total = sum(weights)
+        current = [0.0] * len(weights)
+        while True:
+            for i, w in enumerate(weights):
+                current[i] += w
+            pick = max(range(len(current)), key=lambda i: current[i])
+            current[pick] -= total
+            self.draws[self.entries[pick].prefix] += 1
+            yield pick, next(iters[pick])
+
+
+def describe_sample(s: Any) -> str:
+    """A short id for log lines."""
+    return str(getattr(s, "key", "?"))

@@ -1,0 +1,339 @@
+"""The training loop shared by `jobs.pretrain` and `jobs.sft`: sub-stages, budgets, checkpoints.
+
+    run_training(stage, cfg, substages, order_by=None, descending=False) -> report dict
+
+For each sub-stage in order (each continuing from the previous one's weights):
+freeze policy (train projector / vision / llm), a deterministic data stream (weighted mix,
+epochs repeat when the budget is larger than the data), samples encoded (jobs.data) and
+stream-packed (jobs.packing) into `seq_len` sequences; a global batch of `global_batch`
+sequences per optimizer step, split over ranks and micro batches (gradient accumulation);
+AdamW with warmup + cosine on the fraction of the budget done; DeepSpeed ZeRO (jobs.engine).
+
+Every rank reads the same stream and packs the same sequences, then trains on its share: the
+data position is one number (sequences consumed) that replays exactly on resume, and the loss
+normaliser (target tokens of the whole global batch) needs no communication.
+Checkpoints every `checkpoint_every` steps and at the end of each sub-stage (jobs.checkpoint);
+on start the newest valid one is resumed: weights, optimizer, step, data position, RNG.
+Rank 0 writes progress.json (step, tokens vs budget, loss, tokens/s, ETA), a loss curve PNG,
+report.json, and exports the final model (transformers format) to `export_to` / outputs[0].
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import socket
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+import torch
+import torch.distributed as tdist
+import torch.nn.functional as F
+
+from jobs import model as vlm
+from jobs import shards as sh
+from jobs.checkpoint import Checkpointer, TrainState
+from jobs.data import TRUNCATED, Dropped, SampleEncoder
+from jobs.engine import init_distributed, make_engine
+from jobs.mixstream import MixStream
+from jobs.modelref import resolve_model_ref
+from jobs.packing import IGNORE, Bin, StreamPacker, collate_packed, collate_padded
+from jobs.runtime import StageRun, local_tmp_root
+from sailk8s.errors import ConfigError
+from sailk8s.ledger import CheckpointLedger, ProgressRecord, write_report
+from sailk8s.stageconfig.training import SubStage, TrainingConfig
+
+log = structlog.get_logger(__name__)
+
+PARTS = {"vision": "model.vision_tower", "projector": "model.multi_modal_projector",
+         "llm": ("model.language_model", "lm_head")}
+
+
+def apply_freeze(model: torch.nn.Module, train: Sequence[str]) -> list[torch.nn.Parameter]:
+    """requires_grad only on the named parts; returns the trainable parameters."""
+    prefixes: list[str] = []
+    for part in train:
+        p = PARTS[part]
+        prefixes += list(p) if isinstance(p, tuple) else [p]
+    params = []
+    for name, param in model.named_parameters():
+        param.requires_grad_(any(name.startswith(x + ".") for x in prefixes))
+        if param.requires_grad:
+            params.append(param)
+    return params
+
+
+def lr_at(sub: SubStage, progress: float) -> float:
+    """Linear warmup over warmup_ratio of the budget, then cosine down to min_lr_ratio * lr."""
+    p = min(max(progress, 0.0), 1.0)
+    if sub.warmup_ratio > 0 and p < sub.warmup_ratio:
+        return sub.lr * p / sub.warmup_ratio
+    span = 1.0 - sub.warmup_ratio
+    t = (p - sub.warmup_ratio) / span if span > 0 else 1.0
+    floor = sub.lr * sub.min_lr_ratio
+    return floor + (sub.lr - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def progress_of(sub: SubStage, tokens: int, step: int) -> float:
+    """Fraction of the sub-stage done: the further of tokens/budget and steps/max_steps."""
+    fr = [tokens / sub.token_budget] if sub.token_budget else []
+    fr += [step / sub.max_steps] if sub.max_steps else []
+    return max(fr)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _dist_env(world_size: int) -> None:
+    """A single `python -m` process still needs a rendezvous for DeepSpeed: make one up."""
+    if "MASTER_ADDR" not in os.environ and world_size == 1:
+        os.environ.update({"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()),
+                           "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1"})
+
+
+class Trainer:
+    """One training stage in this process."""
+
+    def __init__(self, stage: StageRun, cfg: TrainingConfig, substages: Sequence[SubStage], *,
+                 order_by: str | None = None, descending: bool = False) -> None:
+        self.stage, self.cfg, self.substages = stage, cfg, list(substages)
+        self.order_by, self.descending = order_by, descending
+        self.rank, self.world = stage.dist.rank, stage.dist.world_size
+        self.cuda = torch.cuda.is_available()
+        self.bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and self.cuda)
+        self.device = torch.device("cuda", stage.dist.local_rank) if self.cuda else torch.device("cpu")
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"train-{stage.ctx.stage}-", dir=local_tmp_root()))
+        self.ckpt = Checkpointer(CheckpointLedger(stage.store, stage.ctx.run, stage.ctx.stage),
+                                 rank=self.rank, world_size=self.world, keep_latest=cfg.keep_latest,
+                                 tmp_root=self.tmp)
+        self.dropped: Counter[str] = Counter()
+        self.started = time.monotonic()
+        self.log = log.bind(run=stage.ctx.run, stage=stage.ctx.stage, rank=self.rank)
+
+    # -- model ------------------------------------------------------------------------------
+    def build_model(self) -> tuple[torch.nn.Module, Any]:
+        m = self.cfg.model
+        if m.init_from:
+            ref = resolve_model_ref(self.stage.store, m.init_from, field="config.model.init_from")
+            # A fresh cache: a rerun of the exporting stage must not be shadowed by an old copy.
+            model, processor = vlm.load_model(ref, device="cpu", cache_dir=self.tmp / "models")
+        else:
+            model, processor = vlm.build_model(m.preset, vision_from=m.vision_from, llm_from=m.llm_from,
+                                               seed=self.cfg.seed, max_tiles=self.cfg.max_tiles)
+        model.config.use_cache = False  # packed sequences must not share a KV cache
+        return model, processor
+
+    # -- data -------------------------------------------------------------------------------
+    def bins(self, sub: SubStage, encoder: SampleEncoder, stream: MixStream) -> Iterator[Bin]:
+        """Training sequences of a sub-stage: packed (or one sample per row for the baseline)."""
+        packer = StreamPacker(self.cfg.seq_len)
+        for idx, sample in stream:
+            entry = sub.mix[idx]
+            image = None
+            if sample.image_ext and entry.format != "text":
+                try:
+                    image = sample.decode()
+                except sh.BadSampleError as err:
+                    self.dropped[err.reason] += 1
+                    continue
+            enc = encoder.encode(sample.meta, image, entry.format, text_fields=entry.text_fields,
+                                 prompt=entry.prompt, source=entry.prefix)
+            if isinstance(enc, Dropped):
+                self.dropped[enc.reason] += 1
+                continue
+            if enc.truncated:
+                self.dropped[TRUNCATED] += 1
+            if self.cfg.packing:
+                yield from packer.add(enc)
+            else:
+                yield Bin([enc], len(enc))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        _dist_env(self.world)
+        init_distributed(self.world, cuda=self.cuda)
+        model, processor = self.build_model()
+        restored = self.ckpt.restore(model)
+        state, optim_state = restored if restored is not None else (TrainState(), None)
+        if restored is not None:
+            self.log.info("resumed from checkpoint", global_step=state.global_step, substage=state.substage,
+                          step=state.step, tokens=state.tokens)
+        model.to(self.device)
+        encoder = SampleEncoder(processor, seq_len=self.cfg.seq_len, max_tiles=self.cfg.max_tiles,
+                                on_too_long=self.cfg.on_too_long)
+        while not state.finished and state.substage < len(self.substages):
+            model = self.run_substage(model, encoder, state, optim_state)
+            optim_state = None
+        report = self.finish(model, processor, state)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return report
+
+    def run_substage(self, model: torch.nn.Module, encoder: SampleEncoder, state: TrainState,
+                     optim_state: dict[str, Any] | None) -> torch.nn.Module:
+        sub = self.substages[state.substage]
+        per_rank, rest = divmod(sub.global_batch, self.world)
+        if rest or per_rank % sub.micro_batch:
+            raise ConfigError(f"sub-stage {sub.name!r}: global_batch {sub.global_batch} must be a multiple"
+                              f" of micro_batch {sub.micro_batch} x world size {self.world}")
+        accumulation = per_rank // sub.micro_batch
+        params = apply_freeze(model, sub.train)
+        engine = make_engine(model, params, sub, self.cfg, self.world, accumulation, self.bf16)
+        if optim_state and not engine.load_optimizer_state(optim_state):
+            self.log.warning("optimizer state does not fit (world size or parameters changed): "
+                             "weights resumed, optimizer restarted", substage=sub.name)
+        stream = MixStream(self.stage.store, sub.mix, seed=self.cfg.seed + 1000 * state.substage,
+                           order_by=self.order_by, descending=self.descending)
+        self.dropped = Counter()
+        bins = self.bins(sub, encoder, stream)
+        for _ in range(state.bins):  # replay the data position of a resumed run
+            next(bins)
+        self.dropped = Counter()  # replayed samples were counted by the earlier attempt
+        self.log.info("sub-stage starts", substage=sub.name, train=sub.train, budget=sub.token_budget,
+                      max_steps=sub.max_steps, accumulation=accumulation, resumed_step=state.step)
+        t0, tok0 = time.monotonic(), state.tokens
+        loss = float("nan")
+        while progress_of(sub, state.tokens, state.step) < 1.0:
+            step_bins = [next(bins) for _ in range(sub.global_batch)]
+            state.bins += len(step_bins)
+            real = sum(b.used for b in step_bins)
+            targets = sum(s.target_tokens for b in step_bins for s in b.items)
+            engine.set_lr(lr_at(sub, progress_of(sub, state.tokens + real, state.step + 1)))
+            mine = step_bins[self.rank * per_rank:(self.rank + 1) * per_rank]
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            for i in range(0, len(mine), sub.micro_batch):
+                micro = mine[i:i + sub.micro_batch]
+                part = self.micro_loss(engine.model, micro, encoder)
+                engine.backward(part / max(targets, 1))
+                loss_sum += part.detach().double().cpu()
+            engine.step()
+            if self.world > 1:
+                tdist.all_reduce(loss_sum)
+            loss = float(loss_sum) / max(targets, 1)
+            state.step += 1
+            state.global_step += 1
+            state.tokens += real
+            state.losses.append([state.global_step, loss])
+            rate = (state.tokens - tok0) / max(time.monotonic() - t0, 1e-9)
+            if state.step % self.cfg.log_every == 0:
+                self.log.info("step", substage=sub.name, step=state.step, loss=round(loss, 4),
+                              tokens=state.tokens, tokens_per_s=round(rate, 1))
+            self.write_progress(sub, state, loss, rate)
+            if state.step % self.cfg.checkpoint_every == 0 and progress_of(sub, state.tokens, state.step) < 1:
+                self.ckpt.save(model, engine.optimizer_state(), state)
+        state.summaries.append({
+            "substage": sub.name, "steps": state.step, "tokens": state.tokens, "budget": sub.token_budget,
+            "final_loss": loss, "train": list(sub.train), "epochs": stream.epochs,
+            "dropped": dict(self.dropped), "tokens_per_s": round((state.tokens - tok0) /
+                                                                 max(time.monotonic() - t0, 1e-9), 1)})
+        self.log.info("sub-stage done", substage=sub.name, steps=state.step, tokens=state.tokens,
+                      final_loss=loss, epochs=stream.epochs, dropped=dict(self.dropped))
+        state.substage += 1
+        state.step = state.tokens = state.bins = 0
+        state.finished = state.substage >= len(self.substages)
+        self.ckpt.save(model, {}, state)  # the sub-stage's final weights; the next starts a new optimizer
+        return model
+
+    def micro_loss(self, model: torch.nn.Module, micro: list[Bin], encoder: SampleEncoder) -> torch.Tensor:
+        """Summed token cross-entropy of one micro batch (packed or padded)."""
+        if self.cfg.packing:
+            batch = collate_packed(micro, self.cfg.seq_len, encoder.pad_id)
+        else:
+            batch = collate_padded([b.items[0] for b in micro], encoder.pad_id)
+        inputs: dict[str, Any] = {k: v.to(self.device) for k, v in batch.items()
+                                  if k in ("input_ids", "position_ids", "attention_mask")}
+        if "pixel_values" in batch:
+            inputs["pixel_values"] = batch["pixel_values"].to(
+                self.device, dtype=torch.bfloat16 if self.bf16 else torch.float32)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            logits = model(**inputs, use_cache=False).logits
+        labels = batch["labels"].to(self.device)
+        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+                               labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
+
+    # -- reporting --------------------------------------------------------------------------
+    def write_progress(self, sub: SubStage, state: TrainState, loss: float, rate: float) -> None:
+        if self.rank != 0:
+            return
+        # done/total in tokens when the sub-stage has a token budget, else in optimizer steps.
+        if sub.token_budget:
+            unit, done, total, unit_rate = "tokens", float(state.tokens), float(sub.token_budget), rate
+            eta = (total - done) / rate if rate > 0 else None
+        else:
+            unit, done, total = "steps", float(state.step), float(sub.max_steps or 0)
+            per_step = (time.monotonic() - self.started) / max(state.global_step, 1)
+            eta, unit_rate = (total - done) * per_step, 1.0 / per_step
+        rec = ProgressRecord(done=done, total=total, unit=unit, rate=unit_rate, eta_seconds=eta,
+                             updated_at=time.time(), ranks=self.world, attempt=self.stage.ctx.attempt,
+                             substage=sub.name, substage_index=state.substage, substages=len(self.substages),
+                             step=state.step, global_step=state.global_step, max_steps=sub.max_steps,
+                             tokens=state.tokens, token_budget=sub.token_budget, loss=loss, tokens_per_s=rate)
+        data = rec.model_dump_json().encode()
+        try:
+            self.stage.store.put(self.stage.paths.rank_progress(0), data)
+            self.stage.store.put(self.stage.paths.progress, data)
+        except Exception as err:  # progress is advisory: never kill training for it
+            self.log.warning("progress not written", error=str(err))
+
+    def finish(self, model: torch.nn.Module, processor: Any, state: TrainState) -> dict[str, Any]:
+        report: dict[str, Any] = {"kind": self.stage.ctx.kind, "substages": state.summaries,
+                                  "global_steps": state.global_step,
+                                  "final_loss": state.losses[-1][1] if state.losses else None,
+                                  "losses": state.losses}
+        if self.rank == 0:
+            export = self.cfg.export_to or self.stage.output_prefix()
+            out = self.tmp / "export"
+            vlm.save_model(model.to("cpu").float(), processor, out)
+            files = sorted(p for p in out.rglob("*") if p.is_file())
+            # config.json last: a reader that finds it finds a complete model.
+            for p in sorted(files, key=lambda p: p.name == "config.json"):
+                self.stage.store.put_file(f"{export}/{p.relative_to(out).as_posix()}", p)
+            report["exported_to"] = export
+            names = ", ".join(x["substage"] for x in state.summaries)
+            loss = report["final_loss"]
+            report["summary"] = (f"{names}: {state.global_step} steps, final loss "
+                                 f"{loss if loss is None else round(loss, 4)}; model exported to {export}")
+            self.loss_curve(state)
+            write_report(self.stage.store, self.stage.ctx.run, self.stage.ctx.stage, self.stage.ctx.attempt,
+                         report)
+            self.log.info("training done", exported_to=export, final_loss=report["final_loss"])
+        return report
+
+    def loss_curve(self, state: TrainState) -> None:
+        """artifacts/loss.png: loss per step, sub-stage boundaries marked."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        if not state.losses:
+            return
+        fig, ax = plt.subplots(figsize=(7, 4))
+        xs, ys = zip(*state.losses, strict=True)
+        ax.plot(xs, ys, lw=1.2)
+        edge = 0
+        for s in state.summaries:
+            edge += s["steps"]
+            ax.axvline(edge, color="grey", ls=":", lw=0.8)
+            ax.text(edge, max(ys), s["substage"], rotation=90, va="top", ha="right", fontsize=8)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss (per target token)")
+        ax.set_title(f"{self.stage.ctx.run} / {self.stage.ctx.stage}")
+        path = self.tmp / "loss.png"
+        fig.savefig(path, dpi=100, bbox_inches="tight")
+        plt.close(fig)
+        self.stage.store.put_file(self.stage.paths.artifact("loss.png"), path)
+
+
+def run_training(stage: StageRun, cfg: TrainingConfig, substages: Sequence[SubStage], *,
+                 order_by: str | None = None, descending: bool = False) -> dict[str, Any]:
+    """Train every sub-stage in order (resuming from the newest checkpoint) and export the model."""
+    return Trainer(stage, cfg, substages, order_by=order_by, descending=descending).run()

@@ -1,0 +1,390 @@
+"""LocalBackend: runs a stage attempt as local processes with the same env contract as a pod.
+
+Each attempt gets a directory `<root>/<store-hash>/<run>/<stage>/<attempt>/` (root:
+$SAIL_LOCAL_DIR or ~/.cache/sail-pipeline/local) holding:
+    supervisor.json   pid (+ start time, against pid reuse) of the attempt's supervisor
+    child.json        pid/process group of the command
+    attempt.log       all ranks, `[rank r] ` prefixed; logs/rank-<r>.log one per rank
+    exit.json         exit code, cancelled flag, last log line: written once it is over
+The command is `torchrun --standalone --nproc-per-node=N --tee=3 -m jobs.<kind>`
+(sailk8s.envcontract.stage_command; N = nodes x procs, all on this machine), or plain
+`python -m jobs.<kind>` when N is 1 (same env, no torchrun start-up). It runs under
+sailk8s.backends.localrun, detached in its own session, so it survives a killed controller.
+Creating the directory is the claim: a second submit of the same attempt adopts it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
+from sailk8s.backends.storelock import StoreRunLock
+from sailk8s.envcontract import stage_command, stage_env
+from sailk8s.errors import BackendError, ObjectNotFound, StoreError
+from sailk8s.exitcodes import FailureClass, classify_exit_code
+from sailk8s.runstate import attempt_logs_prefix, rank_log_key
+from sailk8s.spec import Pipeline, Stage
+from sailk8s.store.base import ObjectStore
+
+# A claimed attempt directory without supervisor.json after this long was abandoned mid-submit.
+_CLAIM_TIMEOUT = 30.0
+_FOLLOW_POLL = 0.2
+
+
+def default_root() -> Path:
+    """Where attempt directories live: $SAIL_LOCAL_DIR or ~/.cache/sail-pipeline/local."""
+    env = os.environ.get("SAIL_LOCAL_DIR")
+    return Path(env) if env else Path.home() / ".cache" / "sail-pipeline" / "local"
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _alive(pid: int, start_time: str | None) -> bool:
+    """Whether pid runs and is the process we started (not a zombie, not a reused pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        if state == "Z":
+            return False
+    except OSError:
+        pass
+    return start_time is None or _proc_start_time(pid) in (None, start_time)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code if code < 0 else code - 128).name
+    except ValueError:
+        return f"signal {abs(code)}"
+
+
+class LocalBackend(Backend):
+    """Stage attempts as local (torchrun) process groups; status from their supervisor's files."""
+
+    name = "local"
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        root: str | os.PathLike[str] | None = None,
+        *,
+        jobs_package: str | None = None,
+        grace_seconds: float = 10.0,
+        python: str = sys.executable,
+    ) -> None:
+        """`jobs_package` replaces `jobs` in `-m jobs.<kind>` (tests; default $SAIL_JOBS_PACKAGE or jobs)."""
+        self.store = store
+        self.root = Path(root) if root is not None else default_root()
+        self.jobs_package = jobs_package or os.environ.get("SAIL_JOBS_PACKAGE") or "jobs"
+        self.grace_seconds = grace_seconds
+        self.python = python
+        self._children: dict[AttemptRef, subprocess.Popen[bytes]] = {}
+        self._store_tag = hashlib.sha256(store.uri.encode()).hexdigest()[:10]
+
+    # -- paths and commands ---------------------------------------------------------------
+    def attempt_dir(self, ref: AttemptRef) -> Path:
+        """The attempt's local directory (logs, pid and exit records)."""
+        return self.root / self._store_tag / ref.run / ref.stage / str(ref.attempt)
+
+    def command(self, stage: Stage) -> list[str]:
+        """The stage command for this machine: torchrun --standalone, or python -m for one process."""
+        nproc = stage.resources.world_size
+        module = f"{self.jobs_package}.{stage.kind}"
+        if nproc == 1:
+            return [self.python, "-m", module]
+        base = stage_command(stage)  # torchrun --nproc-per-node=N -m jobs.<kind>
+        args = [a for a in base[1:] if not a.startswith("--nproc-per-node")]
+        args = [module if a == f"jobs.{stage.kind}" else a for a in args]
+        return [
+            self.python,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "--tee=3",
+            *args,
+        ]
+
+    # -- Backend --------------------------------------------------------------------------
+    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int) -> AttemptRef:
+        ref = AttemptRef(pipeline.run, stage.name, attempt)
+        d = self.attempt_dir(ref)
+        try:
+            d.parent.mkdir(parents=True, exist_ok=True)
+            d.mkdir()
+        except FileExistsError:
+            return ref  # this attempt exists (running or finished): adopt it
+        except OSError as err:
+            raise BackendError(f"cannot create the attempt directory {d}: {err}") from None
+        env = {**os.environ, **stage_env(pipeline, stage, attempt)}
+        cmd = [
+            self.python,
+            "-m",
+            "sailk8s.backends.localrun",
+            "--grace",
+            str(self.grace_seconds),
+            str(d),
+            "--",
+            *self.command(stage),
+        ]
+        try:
+            with open(d / "supervisor.err", "wb") as err_file:
+                proc = subprocess.Popen(
+                    cmd,
+                    env=env,
+                    stdin=subprocess.DEVNULL,
+                    stdout=err_file,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+        except OSError as err:
+            raise BackendError(f"cannot start {ref.name}: {err}") from None
+        self._children[ref] = proc
+        tmp = d / ".supervisor.json.tmp"
+        tmp.write_text(
+            json.dumps(
+                {
+                    "pid": proc.pid,
+                    "start_time": _proc_start_time(proc.pid),
+                    "submitted_at": time.time(),
+                    "command": self.command(stage),
+                }
+            )
+        )
+        os.replace(tmp, d / "supervisor.json")
+        return ref
+
+    def status(self, ref: AttemptRef) -> AttemptStatus:
+        child = self._children.get(ref)
+        if child is not None:
+            child.poll()  # reap our own finished supervisor so it is not a zombie
+        d = self.attempt_dir(ref)
+        if not d.is_dir():
+            return AttemptStatus(Phase.UNKNOWN, reason="NotFound", message=f"no local attempt {ref.name}")
+        sup = _read_json(d / "supervisor.json")
+        exit_rec = _read_json(d / "exit.json")
+        started = float(sup["submitted_at"]) if sup and "submitted_at" in sup else None
+        if exit_rec is not None:
+            return self._finished(exit_rec, started, d)
+        if sup is None:
+            if time.time() - d.stat().st_mtime < _CLAIM_TIMEOUT:
+                return AttemptStatus(Phase.PENDING, reason="Starting", started_at=started)
+            return AttemptStatus(
+                Phase.FAILED,
+                reason="Lost",
+                failure=FailureClass.INFRA,
+                message="the attempt was claimed but never started",
+                started_at=started,
+            )
+        if _alive(int(sup["pid"]), sup.get("start_time")):
+            phase = Phase.RUNNING if (d / "child.json").exists() else Phase.PENDING
+            return AttemptStatus(phase, started_at=started, details={"log": str(d / "attempt.log")})
+        # The supervisor died without an exit record (kill -9, reboot): the processes are gone.
+        exit_rec = _read_json(d / "exit.json")  # it may have finished between the two reads
+        if exit_rec is not None:
+            return self._finished(exit_rec, started, d)
+        return AttemptStatus(
+            Phase.FAILED,
+            reason="Lost",
+            failure=FailureClass.INFRA,
+            started_at=started,
+            message=f"the attempt's supervisor (pid {sup['pid']}) died without an exit code",
+        )
+
+    def _finished(self, rec: dict[str, Any], started: float | None, d: Path) -> AttemptStatus:
+        code = int(rec.get("exit_code", 1))
+        finished = rec.get("finished_at")
+        last = rec.get("last_line")
+        details = {"log": str(d / "attempt.log")}
+        if rec.get("archive_error"):
+            details["archive_error"] = str(rec["archive_error"])
+        if code == 0 and not rec.get("cancelled"):
+            return AttemptStatus(
+                Phase.SUCCEEDED, exit_code=0, started_at=started, finished_at=finished, details=details
+            )
+        if rec.get("cancelled"):
+            return AttemptStatus(
+                Phase.CANCELLED,
+                reason="Cancelled",
+                message="cancelled by request",
+                exit_code=code,
+                started_at=started,
+                finished_at=finished,
+                details=details,
+            )
+        failure = classify_exit_code(code) or FailureClass.APP
+        if code < 0 or code >= 128:
+            reason, what = "Killed", f"killed by {_signal_name(code)}"
+        else:
+            reason, what = "ExitCode", f"exit code {code}"
+        message = f"{what}: {last}" if last else what
+        return AttemptStatus(
+            Phase.FAILED,
+            reason=reason,
+            message=message,
+            failure=failure,
+            exit_code=code,
+            started_at=started,
+            finished_at=finished,
+            details=details,
+        )
+
+    def wait(self, ref: AttemptRef, timeout: float | None = None) -> AttemptStatus:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            st = self.status(ref)
+            if st.phase.finished or st.phase is Phase.UNKNOWN:
+                return st
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return st
+            self._block(ref, left)
+
+    def _block(self, ref: AttemptRef, timeout: float | None) -> None:
+        """Sleep until the attempt's supervisor exits or timeout passes (no busy polling)."""
+        child = self._children.get(ref)
+        if child is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.wait(timeout)
+            return
+        sup = _read_json(self.attempt_dir(ref) / "supervisor.json")
+        if sup is None:  # being claimed right now: look again shortly
+            time.sleep(0.1 if timeout is None else min(0.1, timeout))
+            return
+        try:
+            # A pidfd becomes readable when the process exits, even when it is not our child.
+            fd = os.pidfd_open(int(sup["pid"]))
+        except ProcessLookupError:
+            return
+        except (OSError, AttributeError):
+            time.sleep(1.0 if timeout is None else min(1.0, timeout))
+            return
+        try:
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            poller.poll(None if timeout is None else max(0, int(timeout * 1000)))
+        finally:
+            os.close(fd)
+
+    def cancel(self, ref: AttemptRef) -> None:
+        st = self.status(ref)
+        if st.phase.finished or st.phase is Phase.UNKNOWN:
+            return
+        d = self.attempt_dir(ref)
+        sup = _read_json(d / "supervisor.json")
+        if sup is not None and _alive(int(sup["pid"]), sup.get("start_time")):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(sup["pid"]), signal.SIGTERM)
+            st = self.wait(ref, timeout=self.grace_seconds + 5)
+            if st.phase.finished:
+                return
+        # The supervisor did not answer: kill everything and record the cancel ourselves.
+        for rec in (_read_json(d / "child.json"), sup):
+            if rec is None:
+                continue
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(int(rec["pid"]), signal.SIGKILL)
+        tmp = d / ".exit.json.tmp"
+        tmp.write_text(
+            json.dumps(
+                {
+                    "exit_code": -9,
+                    "cancelled": True,
+                    "finished_at": time.time(),
+                    "last_line": "killed on cancel: the supervisor did not stop",
+                }
+            )
+        )
+        os.replace(tmp, d / "exit.json")
+
+    def logs(self, ref: AttemptRef, *, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+        d = self.attempt_dir(ref)
+        path = d / "attempt.log" if rank is None else d / "logs" / f"rank-{rank}.log"
+        if path.exists():
+            yield from self._tail(ref, path, follow)
+            return
+        if d.is_dir() and follow and not (d / "exit.json").exists():
+            while not path.exists() and not self.status(ref).phase.finished:
+                time.sleep(_FOLLOW_POLL)
+            if path.exists():
+                yield from self._tail(ref, path, follow)
+                return
+        yield from self._archived(ref, rank)
+
+    def _tail(self, ref: AttemptRef, path: Path, follow: bool) -> Iterator[str]:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            pending = ""
+            while True:
+                chunk = f.readline()
+                if chunk:
+                    pending += chunk
+                    if pending.endswith("\n"):
+                        yield pending.rstrip("\n")
+                        pending = ""
+                    continue
+                if not follow or self.status(ref).phase.finished:
+                    rest = f.read()  # anything written between the last read and the end
+                    yield from (pending + rest).splitlines()
+                    return
+                time.sleep(_FOLLOW_POLL)
+
+    def _archived(self, ref: AttemptRef, rank: int | None) -> Iterator[str]:
+        """Logs archived in the store once the local files are gone (other machine, cleaned up)."""
+        try:
+            if rank is not None:
+                keys = [(rank, rank_log_key(ref.run, ref.stage, ref.attempt, rank))]
+            else:
+                found = list(self.store.list(attempt_logs_prefix(ref.run, ref.stage, ref.attempt)))
+                keys = sorted(
+                    (int(k.rsplit("rank-", 1)[1].removesuffix(".log")), k)
+                    for k in found
+                    if k.endswith(".log") and "rank-" in k
+                )
+            if not keys:
+                raise ObjectNotFound(f"no archived logs for {ref.name}")
+            for r, key in keys:
+                for line in self.store.get(key).decode("utf-8", errors="replace").splitlines():
+                    yield line if rank is not None else f"[rank {r}] {line}"
+        except ObjectNotFound:
+            which = "" if rank is None else f" for rank {rank}"
+            where = self.store.describe(attempt_logs_prefix(ref.run, ref.stage, ref.attempt))
+            raise BackendError(
+                f"no logs{which} for attempt {ref.name}: neither local files nor an archive at {where}"
+            ) from None
+        except StoreError as err:
+            raise BackendError(f"cannot read the archived logs of {ref.name}: {err}") from None
+
+    def run_lock(self, run: str, holder: str, lease_seconds: float = 30.0) -> RunLock:
+        return StoreRunLock(self.store, run, holder, lease_seconds)

@@ -1,0 +1,309 @@
+"""Pure PyTorchJob builder: (pipeline, stage, attempt) -> a kubeflow.org/v1 manifest dict.
+
+No I/O and no API calls: the same function feeds `render`, the Kubernetes backend and tests.
+
+Exit codes and restarts (see sailk8s.exitcodes): replicas use restartPolicy `ExitCode`, so the
+training operator restarts a pod in place when it dies by a signal (code >= 128: SIGKILL,
+SIGTERM on preemption) up to runPolicy.backoffLimit times, and fails the job at once for codes
+1-127, which the controller then classifies (1 app, 2-4 permanent, 75 infra).
+
+Elastic stages (scheduling.elastic_min_nodes / elastic_max_nodes) use Worker replicas only,
+as the operator's elastic examples do: c10d rendezvous runs on worker-0, every node is a peer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kubeflow.training import models as kf
+from kubernetes import client as k8s
+
+from sailk8s.backends.base import attempt_name
+from sailk8s.envcontract import CREDENTIAL_VARS, stage_command, stage_env
+from sailk8s.errors import ConfigError
+from sailk8s.spec import Pipeline, Stage, Toleration
+
+API_VERSION = "kubeflow.org/v1"
+KIND = "PyTorchJob"
+GROUP = "kubeflow.org"
+VERSION = "v1"
+PLURAL = "pytorchjobs"
+CONTAINER = "pytorch"  # the operator's webhook requires a container with this name
+
+LABEL_NAME = "app.kubernetes.io/name"
+LABEL_INSTANCE = "app.kubernetes.io/instance"
+LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
+LABEL_RUN = "sail.io/run"
+LABEL_STAGE = "sail.io/stage"
+LABEL_ATTEMPT = "sail.io/attempt"
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+# Set by the training operator on the pods it creates.
+LABEL_REPLICA_TYPE = "training.kubeflow.org/replica-type"
+LABEL_REPLICA_INDEX = "training.kubeflow.org/replica-index"
+ANNOTATION_SPEC_HASH = "sail.io/spec-hash"
+ANNOTATION_KIND = "sail.io/stage-kind"
+
+APP_NAME = "sail-pipeline"
+MANAGER = "sailk8s"
+GPU_RESOURCE = "nvidia.com/gpu"
+# Label published by NVIDIA GPU feature discovery on GPU nodes.
+GPU_PRESENT_LABEL = "nvidia.com/gpu.present"
+SHM_VOLUME = "dshm"
+# In-place pod restarts on signal deaths before the operator fails the job; the controller
+# then starts a fresh attempt (whole gang, resumed from the ledger) under its own budget.
+IN_PLACE_RESTARTS = 3
+# Time for a preempted pod to finish its checkpoint after SIGTERM.
+TERMINATION_GRACE_SECONDS = 120
+
+
+def selector_labels(run: str, stage: str | None = None, attempt: int | None = None) -> dict[str, str]:
+    """The sail.io/* labels that select a run, a stage or one attempt."""
+    labels = {LABEL_RUN: run}
+    if stage is not None:
+        labels[LABEL_STAGE] = stage
+    if attempt is not None:
+        labels[LABEL_ATTEMPT] = str(attempt)
+    return labels
+
+
+def label_selector(run: str, stage: str | None = None, attempt: int | None = None) -> str:
+    """selector_labels as a `-l` string for the API and kubectl."""
+    return ",".join(f"{k}={v}" for k, v in selector_labels(run, stage, attempt).items())
+
+
+def job_labels(pipeline: Pipeline, stage: Stage, attempt: int) -> dict[str, str]:
+    """Labels on the job and on its pod templates, so `kubectl logs -l` finds the pods."""
+    labels = {
+        LABEL_NAME: APP_NAME,
+        LABEL_INSTANCE: pipeline.run,
+        LABEL_COMPONENT: stage.name,
+        LABEL_MANAGED_BY: MANAGER,
+        **selector_labels(pipeline.run, stage.name, attempt),
+    }
+    if stage.scheduling.kueue_queue:
+        labels[LABEL_KUEUE_QUEUE] = stage.scheduling.kueue_queue
+    return labels
+
+
+def is_elastic(stage: Stage) -> bool:
+    """Whether the stage asks for an elastic (variable node count) job."""
+    s = stage.scheduling
+    return s.elastic_min_nodes is not None or s.elastic_max_nodes is not None
+
+
+def elastic_bounds(stage: Stage) -> tuple[int, int]:
+    """(min, max) worker nodes of an elastic stage; ConfigError if nodes lies outside them."""
+    s, nodes = stage.scheduling, stage.resources.nodes
+    lo = s.elastic_min_nodes if s.elastic_min_nodes is not None else 1
+    hi = s.elastic_max_nodes if s.elastic_max_nodes is not None else nodes
+    if not lo <= nodes <= hi:
+        raise ConfigError(
+            f"stages.{stage.name}.scheduling: elastic_min_nodes ({lo}) <= resources.nodes ({nodes}) "
+            f"<= elastic_max_nodes ({hi}) must hold"
+        )
+    return lo, hi
+
+
+def _env(
+    pipeline: Pipeline, stage: Stage, attempt: int, store_endpoint: str | None, store_region: str | None
+) -> list[k8s.V1EnvVar]:
+    """The env contract; the store endpoint is literal, credentials only by secretKeyRef."""
+    env = [k8s.V1EnvVar(name=k, value=v) for k, v in stage_env(pipeline, stage, attempt).items()]
+    env.append(k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"))
+    if store_endpoint:
+        env.append(k8s.V1EnvVar(name="SAIL_STORE_ENDPOINT", value=store_endpoint))
+    if store_region:
+        env.append(k8s.V1EnvVar(name="SAIL_STORE_REGION", value=store_region))
+    if pipeline.store_secret:
+        for var in CREDENTIAL_VARS:
+            ref = k8s.V1SecretKeySelector(name=pipeline.store_secret, key=var, optional=False)
+            env.append(k8s.V1EnvVar(name=var, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
+    return env
+
+
+def _resources(stage: Stage) -> k8s.V1ResourceRequirements:
+    r = stage.resources
+    requests: dict[str, str] = {}
+    limits: dict[str, str] = {}
+    if r.cpu:
+        requests["cpu"] = r.cpu
+    if r.memory:
+        # Memory is incompressible: request == limit gives a predictable OOM boundary.
+        requests["memory"] = limits["memory"] = r.memory
+    if r.gpus_per_node:
+        limits[GPU_RESOURCE] = str(r.gpus_per_node)
+    return k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None)
+
+
+def _tolerations(stage: Stage) -> list[k8s.V1Toleration] | None:
+    tols: list[Toleration] = list(stage.resources.tolerations)
+    # GPU pools are commonly tainted nvidia.com/gpu:NoSchedule; tolerate it unless the user did.
+    if stage.resources.gpus_per_node and not any(t.key == GPU_RESOURCE for t in tols):
+        tols.append(Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"))
+    out = [
+        k8s.V1Toleration(
+            key=t.key,
+            operator=t.operator,
+            value=t.value,
+            effect=t.effect,
+            toleration_seconds=t.toleration_seconds,
+        )
+        for t in tols
+    ]
+    return out or None
+
+
+def _affinity(stage: Stage) -> k8s.V1Affinity | None:
+    """GPU stages prefer nodes that GPU feature discovery marks as GPU nodes."""
+    if not stage.resources.gpus_per_node:
+        return None
+    term = k8s.V1NodeSelectorTerm(
+        match_expressions=[
+            k8s.V1NodeSelectorRequirement(key=GPU_PRESENT_LABEL, operator="In", values=["true"])
+        ]
+    )
+    # Preferred, not required: the nvidia.com/gpu limit already forces GPU nodes, and clusters
+    # without feature discovery must still schedule.
+    pref = k8s.V1PreferredSchedulingTerm(weight=100, preference=term)
+    return k8s.V1Affinity(
+        node_affinity=k8s.V1NodeAffinity(preferred_during_scheduling_ignored_during_execution=[pref])
+    )
+
+
+def _pod_template(
+    pipeline: Pipeline,
+    stage: Stage,
+    attempt: int,
+    labels: dict[str, str],
+    store_endpoint: str | None,
+    store_region: str | None,
+) -> k8s.V1PodTemplateSpec:
+    r = stage.resources
+    nnodes = None if is_elastic(stage) else r.nodes  # elastic: the operator sets PET_NNODES=min:max
+    container = k8s.V1Container(
+        name=CONTAINER,
+        image=r.image or pipeline.image,
+        command=stage_command(stage, nnodes=nnodes),
+        env=_env(pipeline, stage, attempt, store_endpoint, store_region),
+        resources=_resources(stage),
+        volume_mounts=[k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")],
+    )
+    shm = k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=r.shm_size)
+    spec = k8s.V1PodSpec(
+        containers=[container],
+        volumes=[k8s.V1Volume(name=SHM_VOLUME, empty_dir=shm)],
+        node_selector=dict(r.node_selector) or None,
+        tolerations=_tolerations(stage),
+        affinity=_affinity(stage),
+        priority_class_name=r.priority_class,
+        termination_grace_period_seconds=TERMINATION_GRACE_SECONDS,
+        enable_service_links=False,
+    )
+    return k8s.V1PodTemplateSpec(
+        metadata=k8s.V1ObjectMeta(labels=dict(labels), annotations={ANNOTATION_KIND: stage.kind}), spec=spec
+    )
+
+
+def _run_policy(stage: Stage) -> kf.KubeflowOrgV1RunPolicy:
+    s, r = stage.scheduling, stage.resources
+    scheduling = None
+    if s.gang or s.queue or s.min_available or s.priority_class:
+        replicas = r.nodes
+        scheduling = kf.KubeflowOrgV1SchedulingPolicy(
+            # A gang starts all its pods or none: no half-started jobs holding GPUs.
+            min_available=s.min_available or (elastic_bounds(stage)[0] if is_elastic(stage) else replicas),
+            queue=s.queue,
+            priority_class=s.priority_class or r.priority_class,
+        )
+    return kf.KubeflowOrgV1RunPolicy(
+        clean_pod_policy=s.clean_pod_policy,
+        ttl_seconds_after_finished=s.ttl_seconds_after_finished,
+        active_deadline_seconds=s.active_deadline_seconds,
+        backoff_limit=min(IN_PLACE_RESTARTS, stage.retry.max_infra_retries),
+        scheduling_policy=scheduling,
+    )
+
+
+def spec_hash(manifest: dict[str, Any]) -> str:
+    """sha256 of what defines the job (spec + labels), ignoring server-set fields and the hash."""
+    meta = manifest.get("metadata") or {}
+    basis = {"spec": manifest.get("spec"), "labels": meta.get("labels") or {}}
+    return hashlib.sha256(json.dumps(basis, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def build_pytorchjob(
+    pipeline: Pipeline,
+    stage: Stage,
+    attempt: int,
+    *,
+    namespace: str | None = None,
+    store_endpoint: str | None = None,
+    store_region: str | None = None,
+) -> dict[str, Any]:
+    """The PyTorchJob manifest (a JSON-ready dict) for one attempt of one stage."""
+    if attempt < 1:
+        raise ConfigError(f"attempt must be >= 1, got {attempt}")
+    r = stage.resources
+    labels = job_labels(pipeline, stage, attempt)
+    # Kueue admits the job as a whole; its queue label on the pods too would make Kueue's
+    # plain-pod integration try to manage them a second time.
+    pod_labels = {k: v for k, v in labels.items() if k != LABEL_KUEUE_QUEUE}
+    template = _pod_template(pipeline, stage, attempt, pod_labels, store_endpoint, store_region)
+    elastic_policy = None
+    if is_elastic(stage):
+        lo, hi = elastic_bounds(stage)
+        replica_specs = {
+            "Worker": kf.KubeflowOrgV1ReplicaSpec(
+                replicas=r.nodes, restart_policy="ExitCode", template=template
+            )
+        }
+        elastic_policy = kf.KubeflowOrgV1ElasticPolicy(
+            min_replicas=lo,
+            max_replicas=hi,
+            rdzv_backend="c10d",
+            max_restarts=min(IN_PLACE_RESTARTS, stage.retry.max_infra_retries),
+        )
+    else:
+        replica_specs = {
+            "Master": kf.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="ExitCode", template=template)
+        }
+        if r.nodes > 1:
+            replica_specs["Worker"] = kf.KubeflowOrgV1ReplicaSpec(
+                replicas=r.nodes - 1, restart_policy="ExitCode", template=template
+            )
+    job = kf.KubeflowOrgV1PyTorchJob(
+        api_version=API_VERSION,
+        kind=KIND,
+        metadata=k8s.V1ObjectMeta(
+            name=attempt_name(pipeline.run, stage.name, attempt),
+            namespace=namespace or pipeline.namespace,
+            labels=labels,
+            annotations={ANNOTATION_KIND: stage.kind},
+        ),
+        spec=kf.KubeflowOrgV1PyTorchJobSpec(
+            nproc_per_node=str(r.nproc_per_node),
+            pytorch_replica_specs=replica_specs,
+            run_policy=_run_policy(stage),
+            elastic_policy=elastic_policy,
+        ),
+    )
+    manifest: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(job)
+    if manifest["metadata"].get("namespace") is None:
+        manifest["metadata"].pop("namespace", None)
+    manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = spec_hash(manifest)
+    return manifest
+
+
+def replica_rank(labels: dict[str, str], has_master: bool = True) -> int:
+    """Node rank of an operator-created pod: master 0, worker-i i+1 (i in a worker-only job)."""
+    rtype = labels.get(LABEL_REPLICA_TYPE, "").lower()
+    try:
+        index = int(labels.get(LABEL_REPLICA_INDEX, "0") or 0)
+    except ValueError:
+        index = 0
+    if rtype == "master" or not has_master:
+        return index
+    return index + 1

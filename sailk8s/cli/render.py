@@ -1,0 +1,70 @@
+"""`render STAGE -f FILE [--attempt N]`: print the exact PyTorchJob as YAML, validated.
+
+A dry run in the strict sense: it reads the pipeline file and SAIL_* settings, and makes no
+request to any API server or object store (it never builds a client for either).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+import click
+import yaml
+
+from sailk8s.backends.manifest import build_pytorchjob, label_selector
+from sailk8s.backends.validation import ManifestInvalid, find_crd, validate_manifest, webhook_errors
+from sailk8s.settings import Settings
+from sailk8s.spec import load_pipeline
+
+
+@click.command()
+@click.argument("stage")
+@click.option(
+    "-f", "--file", "path", required=True, type=click.Path(dir_okay=False), help="Pipeline YAML file."
+)
+@click.option(
+    "--attempt",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Attempt number (part of the job name and labels).",
+)
+@click.option(
+    "--crd",
+    type=click.Path(dir_okay=False, exists=True),
+    default=None,
+    help="PyTorchJob CRD file to validate against (default: $SAIL_PYTORCHJOB_CRD or ../shared/crds).",
+)
+@click.pass_context
+def render(ctx: click.Context, stage: str, path: str, attempt: int, crd: str | None) -> None:
+    """Print STAGE's PyTorchJob manifest exactly as it would be submitted; no writes anywhere."""
+    settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
+    pipeline = load_pipeline(path)
+    spec = pipeline.stage(stage)
+    namespace = pipeline.namespace or settings.namespace
+    manifest = build_pytorchjob(
+        pipeline,
+        spec,
+        attempt,
+        namespace=namespace,
+        store_endpoint=settings.store_endpoint,
+        store_region=settings.store_region,
+    )
+    crd_path = find_crd(crd)
+    if crd_path is not None and importlib.util.find_spec("jsonschema") is not None:
+        validate_manifest(manifest, crd_path)
+        checked = f"CRD schema ({crd_path}) and webhook rules"
+    else:
+        problems = webhook_errors(manifest)
+        if problems:
+            raise ManifestInvalid(manifest["metadata"]["name"], problems)
+        why = (
+            "no CRD file found (pass --crd or set SAIL_PYTORCHJOB_CRD)"
+            if crd_path is None
+            else "jsonschema is not installed"
+        )
+        checked = f"webhook rules only: {why}"
+    click.echo(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False), nl=False)
+    name = manifest["metadata"]["name"]
+    click.echo(f"# {name}: valid ({checked})", err=True)
+    click.echo(f"# kubectl get pytorchjobs -n {namespace} -l {label_selector(pipeline.run)}", err=True)

@@ -1,0 +1,64 @@
+"""`run -f FILE [--only a,b] [--run R]`: run a pipeline's stages in dependency order."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from sailk8s.cli.runtools import (
+    FILE_OPTION,
+    backend_for,
+    event_printer,
+    exit_for,
+    is_tty,
+    kubectl_lines,
+    open_pipeline_store,
+    pipeline_for,
+    settings_from,
+)
+
+
+@click.command()
+@FILE_OPTION
+@click.option("--only", default=None, help="Comma-separated stages to run (others are left alone).")
+@click.option("--run", "run_name", default=None, help="Run name (default: the file's `run`).")
+@click.option("--lock-wait", type=float, default=0.0, show_default=True,
+              help="Seconds to wait for another controller of this run to finish.")
+@click.pass_context
+def run(ctx: click.Context, path: str, only: str | None, run_name: str | None, lock_wait: float) -> None:
+    """Run the pipeline's stages in dependency order, skipping those already complete."""
+    from sailk8s.controller import Controller
+
+    settings = settings_from(ctx)
+    pipeline = pipeline_for(path, run_name)
+    selected = [s.strip() for s in only.split(",") if s.strip()] if only else None
+    store = open_pipeline_store(pipeline, settings)
+    backend = backend_for(pipeline, store, settings)
+    tty = is_tty()
+    for line in kubectl_lines(pipeline, settings):
+        click.echo(f"# follow with: {line}", err=not tty)
+    controller = Controller(pipeline, backend, store, lock_wait=lock_wait,
+                            lease_seconds=settings.lease_seconds,
+                            on_event=event_printer(tty))
+    try:
+        state = controller.run(only=selected)
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: running attempts keep going; `python -m sailk8s run -f {path}` adopts "
+                   f"them, `python -m sailk8s cancel {pipeline.run} -f {path}` stops them", err=True)
+        sys.exit(130)
+    _print_summaries(pipeline, store, selected)
+    sys.exit(exit_for(state.status))
+
+
+def _print_summaries(pipeline: Any, store: Any, selected: list[str] | None) -> None:
+    """Each stage's one-line `summary` from its report.json (e.g. the held-out accuracy)."""
+    from sailk8s.ledger import read_report
+
+    for stage in pipeline.order():
+        if selected and stage.name not in selected:
+            continue
+        report = read_report(store, pipeline.run, stage.name)
+        if report and isinstance(report.get("summary"), str):
+            click.echo(f"{stage.name}: {report['summary']}")

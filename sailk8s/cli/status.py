@@ -1,0 +1,119 @@
+"""`status [RUN] -f FILE`: per stage state, attempts, shards done/total, %, ETA, last error."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import click
+
+from sailk8s.backends.base import AttemptRef, Backend, Phase
+from sailk8s.cli.runtools import (
+    FILE_OPTION,
+    backend_for,
+    is_tty,
+    json_line,
+    open_pipeline_store,
+    pipeline_for,
+    settings_from,
+)
+from sailk8s.errors import ObjectNotFound, SailError
+from sailk8s.runstate import RunState, done_shards, load_state, stage_key
+from sailk8s.spec import Pipeline
+from sailk8s.store.base import ObjectStore
+
+
+def _json(store: ObjectStore, key: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(store.get(key))
+    except (ObjectNotFound, ValueError, UnicodeDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
+               backend: Backend | None) -> list[dict[str, Any]]:
+    """One row per stage from state.json, the ledger (one listing per stage) and progress.json."""
+    rows = []
+    for stage in pipeline.order():
+        st = state.stages.get(stage.name) if state else None
+        progress = _json(store, stage_key(pipeline.run, stage.name, "progress.json")) or {}
+        report = _json(store, stage_key(pipeline.run, stage.name, "report.json"))
+        done = done_shards(store, pipeline.run, stage.name)
+        total = progress.get("total") if progress.get("unit", "shards") == "shards" else None
+        if total is None and report and isinstance(report.get("shards"), int):
+            total = report["shards"]
+        word = st.state if st else ("complete" if report else "pending")
+        last = st.last if st else None
+        phase = last.phase if last else None
+        if last is not None and not last.finished and backend is not None:
+            try:  # one cheap look: the attempt may have ended while nobody was watching
+                phase = backend.status(AttemptRef(pipeline.run, stage.name, last.attempt)).phase.value
+            except SailError as err:
+                phase = f"unknown ({err})"
+        error = st.cause if st and st.cause else None
+        if error is None and last is not None and last.phase == Phase.FAILED.value:
+            error = last.message
+        pct = round(100.0 * done / total, 1) if isinstance(total, int | float) and total else None
+        eta = progress.get("eta_seconds") if word in ("running", "retrying") else None
+        rows.append({
+            "stage": stage.name, "kind": stage.kind, "state": word, "stalled": bool(st and st.stalled),
+            "attempts": len(st.attempts) if st else 0, "attempt": last.name if last else None,
+            "phase": phase, "shards_done": done, "shards_total": total, "percent": pct,
+            "eta_seconds": eta, "last_error": error,
+        })
+    return rows
+
+
+def _eta(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "-"
+    s = int(seconds)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _table(run: str, state: RunState | None, rows: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    head = f"run {run}: " + (f"{state.status} (controller {state.controller or '-'}, updated "
+                             f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state.updated_at or 0))})"
+                             if state else "no run state yet")
+    table = Table(title=head, title_justify="left")
+    for col in ("stage", "state", "attempts", "shards", "%", "ETA", "last error"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        shards = f"{r['shards_done']}/{r['shards_total']}" if r["shards_total"] else str(r["shards_done"])
+        state_word = r["state"] + (" STALLED" if r["stalled"] else "")
+        if r["phase"] and r["state"] in ("running", "retrying"):
+            state_word += f" ({r['phase']})"
+        table.add_row(r["stage"], state_word, str(r["attempts"]), shards,
+                      "-" if r["percent"] is None else f"{r['percent']:g}", _eta(r["eta_seconds"]),
+                      r["last_error"] or "")
+    Console().print(table)
+
+
+@click.command()
+@click.argument("run_name", required=False, metavar="[RUN]")
+@FILE_OPTION
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (default when piped).")
+@click.pass_context
+def status(ctx: click.Context, run_name: str | None, path: str, as_json: bool) -> None:
+    """Show a run: per stage state, attempts, shards done/total, %, ETA and last error."""
+    settings = settings_from(ctx)
+    pipeline = pipeline_for(path, run_name)
+    store = open_pipeline_store(pipeline, settings)
+    state = load_state(store, pipeline.run)
+    backend = None
+    if state is not None and any(s.last and not s.last.finished for s in state.stages.values()):
+        try:
+            backend = backend_for(pipeline, store, settings)
+        except SailError:
+            backend = None  # e.g. no cluster access: show what the store knows
+    rows = stage_rows(pipeline, store, state, backend)
+    if as_json or not is_tty():
+        json_line({"run": pipeline.run, "status": state.status if state else None,
+                   "controller": state.controller if state else None, "stages": rows})
+        return
+    _table(pipeline.run, state, rows)

@@ -1,1 +1,0 @@
-"""What is done: shard markers, checkpoints, progress and reports."""

@@ -1,0 +1,170 @@
+"""Run state persisted in the store (runs/<run>/state.json), cancel requests and run key helpers.
+
+The controller is the only writer of state.json while it holds the run lock; other commands
+(`status`, `cancel`, `submit --detach`) read it, and write it only when no live controller
+holds the lock. Everything here is plain JSON so people and other tools can read it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field, ValidationError
+
+from sailk8s.errors import ObjectNotFound, StoreError
+from sailk8s.ledger import RunPaths, ShardLedger, StagePaths
+from sailk8s.store.base import ObjectStore
+
+# Stage state words shown by `status` (attempt phases use sailk8s.backends.base.Phase).
+PENDING = "pending"  # not started yet
+RUNNING = "running"  # an attempt is submitted or running
+RETRYING = "retrying"  # waiting out the backoff before the next attempt
+SUCCEEDED = "succeeded"
+SKIPPED = "skipped"  # found complete in the ledger, nothing run
+FAILED = "failed"
+BLOCKED = "blocked"  # a dependency failed or was cancelled
+CANCELLED = "cancelled"
+TERMINAL = frozenset({SUCCEEDED, SKIPPED, FAILED, BLOCKED, CANCELLED})
+DONE = frozenset({SUCCEEDED, SKIPPED})
+
+
+def state_key(run: str) -> str:
+    return RunPaths(run).state
+
+
+def lock_key(run: str) -> str:
+    return RunPaths(run).lock
+
+
+def cancel_key(run: str) -> str:
+    return f"{RunPaths(run).root}/cancel.json"
+
+
+def stage_key(run: str, stage: str, *parts: str) -> str:
+    """A key under runs/<run>/<stage>/ (ledger layout)."""
+    return StagePaths(run, stage).key(*parts)
+
+
+def attempt_logs_prefix(run: str, stage: str, attempt: int) -> str:
+    return StagePaths(run, stage).attempt_logs_prefix(attempt)
+
+
+def rank_log_key(run: str, stage: str, attempt: int, rank: int) -> str:
+    return StagePaths(run, stage).attempt_log(attempt, rank)
+
+
+def done_shards(store: ObjectStore, run: str, stage: str) -> int:
+    """How many shards of the stage have a done marker (one listing)."""
+    return len(ShardLedger(store, run, stage).done())
+
+
+class AttemptRecord(BaseModel):
+    """One attempt of one stage as the controller saw it."""
+
+    attempt: int
+    name: str
+    phase: str = "Pending"
+    submitted_at: float
+    finished_at: float | None = None
+    failure: str | None = None
+    reason: str | None = None
+    message: str | None = None
+    exit_code: int | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ("Succeeded", "Failed", "Cancelled")
+
+
+class StageState(BaseModel):
+    """A stage's progress through the controller: state word, attempts, failure counts, cause."""
+
+    name: str
+    state: str = PENDING
+    attempts: list[AttemptRecord] = Field(default_factory=list)
+    app_failures: int = 0
+    infra_failures: int = 0
+    cause: str | None = None  # why it failed / was blocked / was cancelled (one line)
+    stalled: bool = False
+    started_at: float | None = None
+    finished_at: float | None = None
+    next_retry_at: float | None = None
+    updated_at: float | None = None
+
+    @property
+    def last(self) -> AttemptRecord | None:
+        return self.attempts[-1] if self.attempts else None
+
+
+class RunState(BaseModel):
+    """The whole run: which controller drives it and every stage's state."""
+
+    run: str
+    backend: str = "local"
+    controller: str | None = None
+    status: str = RUNNING
+    started_at: float | None = None
+    updated_at: float | None = None
+    finished_at: float | None = None
+    stages: dict[str, StageState] = Field(default_factory=dict)
+
+    def stage(self, name: str) -> StageState:
+        """The stage's state, created pending on first use."""
+        if name not in self.stages:
+            self.stages[name] = StageState(name=name)
+        return self.stages[name]
+
+
+def load_state(store: ObjectStore, run: str) -> RunState | None:
+    """The run's persisted state, or None if the run has none yet."""
+    try:
+        raw = store.get(state_key(run))
+    except ObjectNotFound:
+        return None
+    try:
+        return RunState.model_validate_json(raw)
+    except ValidationError as err:
+        raise StoreError(f"{store.describe(state_key(run))} is not a valid run state: "
+                         f"{err.errors()[0]['msg']}") from None
+
+
+def save_state(store: ObjectStore, state: RunState, now: float | None = None) -> None:
+    """Write state.json atomically (the store's put is atomic)."""
+    state.updated_at = time.time() if now is None else now
+    store.put(state_key(state.run), state.model_dump_json(indent=1).encode())
+
+
+def request_cancel(store: ObjectStore, run: str, stage: str | None, now: float | None = None) -> None:
+    """Record a cancel request the controller honours: no further attempts for those stages."""
+    req = read_cancel(store, run)
+    if stage is None:
+        req["all"] = True
+    else:
+        req.setdefault("stages", [])
+        if stage not in req["stages"]:
+            req["stages"].append(stage)
+    req["requested_at"] = time.time() if now is None else now
+    store.put(cancel_key(run), json.dumps(req).encode())
+
+
+def read_cancel(store: ObjectStore, run: str) -> dict[str, Any]:
+    """The run's cancel request ({"all": bool, "stages": [...]}) or {} when none."""
+    try:
+        data = json.loads(store.get(cancel_key(run)))
+    except ObjectNotFound:
+        return {}
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def cancel_requested(req: dict[str, Any], stage: str) -> bool:
+    """Whether a cancel request read by read_cancel covers stage."""
+    return bool(req.get("all")) or stage in (req.get("stages") or [])
+
+
+def clear_cancel(store: ObjectStore, run: str) -> None:
+    """Forget a cancel request (a new `run` or `submit` starts afresh)."""
+    store.delete(cancel_key(run))

@@ -1,0 +1,98 @@
+"""Runs a fake pod's container command as a local process and feeds its output to the pod log."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+
+Rewriter = Callable[[list[str]], list[str]]
+
+
+def default_rewrite(argv: list[str]) -> list[str]:
+    """Run `torchrun`/`python` from this interpreter, as the image's entry points would."""
+    if not argv:
+        return argv
+    head = os.path.basename(argv[0])
+    if head == "torchrun":
+        return [sys.executable, "-m", "torch.distributed.run", *argv[1:]]
+    if head in ("python", "python3"):
+        return [sys.executable, *argv[1:]]
+    return argv
+
+
+def single_node(argv: list[str]) -> list[str]:
+    """Rewrite `--nnodes=N` / `--nnodes N` to one node (the master runs alone on this machine)."""
+    out: list[str] = []
+    skip = False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        if arg.startswith("--nnodes="):
+            out.append("--nnodes=1")
+        elif arg == "--nnodes" and i + 1 < len(argv):
+            out += ["--nnodes", "1"]
+            skip = True
+        else:
+            out.append(arg)
+    return out
+
+
+class PodProcess:
+    """One container's process: output goes line by line to `on_output`, exit to `returncode`."""
+
+    def __init__(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str | None, on_output: Callable[[bytes], None]
+    ) -> None:
+        self.argv = list(argv)
+        self._on_output = on_output
+        self._proc = subprocess.Popen(  # the pod's own command, as a kubelet runs it
+            self.argv,
+            env=dict(env),
+            cwd=cwd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )  # own group: torchrun's children die too
+        self._reader = threading.Thread(target=self._pump, name=f"pod-log-{self._proc.pid}", daemon=True)
+        self._reader.start()
+
+    def _pump(self) -> None:
+        assert self._proc.stdout is not None
+        for line in iter(self._proc.stdout.readline, b""):
+            self._on_output(line)
+        self._proc.stdout.close()
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def returncode(self) -> int | None:
+        """None while running; the exit code (128+signal when killed) once finished and drained."""
+        code = self._proc.poll()
+        if code is None:
+            return None
+        self._reader.join(timeout=5)
+        return 128 - code if code < 0 else code
+
+    def kill(self, grace: float = 2.0) -> None:
+        """SIGTERM the process group, SIGKILL it after `grace` seconds."""
+        if self._proc.poll() is not None:
+            return
+        try:
+            os.killpg(self._proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self._proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            self._proc.wait(timeout=5)

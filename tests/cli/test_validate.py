@@ -1,0 +1,101 @@
+"""`python -m sailk8s validate` and the CLI's start-up: clear messages, no torch, fast --help."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sailk8s", *args], capture_output=True, text=True,
+                          cwd=REPO, env=env, timeout=60)
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "cluster.yaml"])
+def test_examples_validate(name: str) -> None:
+    res = _cli("validate", "-f", f"examples/{name}", "--show")
+    assert res.returncode == 0, res.stderr
+    assert ": ok (run" in res.stdout
+
+
+def test_invalid_file_lists_each_problem_without_traceback(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(
+        "run: r1\nstore: file:///tmp/x\nstages:\n"
+        "  - {name: a, kind: caption, depends: [b], resources: {gpus_per_node: x}}\n"
+        "  - {name: b, kind: bogus, extra: 1}\n"
+    )
+    res = _cli("validate", "-f", str(f))
+    assert res.returncode == 3
+    lines = res.stderr.strip().splitlines()
+    assert "Traceback" not in res.stderr
+    assert any("stages[0].resources.gpus_per_node" in line for line in lines)
+    assert any("stages[1].kind" in line for line in lines)
+    assert any("stages[1].extra: unknown field" in line for line in lines)
+    assert all(line.startswith("error: ") for line in lines)
+
+
+def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text("run: [unclosed\n")
+    res = _cli("validate", "-f", str(f))
+    assert res.returncode == 3 and "invalid YAML at line" in res.stderr
+    res = _cli("validate", "-f", str(tmp_path / "nope.yaml"))
+    assert res.returncode == 3 and "no such pipeline file" in res.stderr
+
+
+def test_version() -> None:
+    from sailk8s import __version__
+
+    res = _cli("--version")
+    assert res.returncode == 0 and __version__ in res.stdout
+
+
+def test_help_is_fast_and_imports_no_ml_stack() -> None:
+    code = (
+        "import sys, time; t = time.perf_counter();"
+        "from sailk8s.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "ml = ('torch', 'transformers', 'deepspeed', 'webdataset', 'numpy')\n"
+        "heavy = [m for m in ml if m in sys.modules]\n"
+        "print('HEAVY', heavy, time.perf_counter() - t)"
+    )
+    start = time.perf_counter()
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    wall = time.perf_counter() - start
+    assert res.returncode == 0, res.stderr
+    line = next(x for x in res.stdout.splitlines() if x.startswith("HEAVY"))
+    assert "HEAVY []" in line, line
+    for cmd in ("validate", "run", "status", "render", "logs"):
+        assert cmd in res.stdout
+    # Interpreter start-up included; a generous bound that still catches importing torch (~2 s+).
+    assert wall < 1.5, f"--help took {wall:.2f}s"
+
+
+def test_bad_sail_env_setting_is_one_line(tmp_path: Path) -> None:
+    import os
+
+    env = {**os.environ, "SAIL_LOG_FORMAT": "xml"}
+    res = _cli("validate", "-f", "examples/quickstart.yaml", env=env)
+    assert res.returncode == 3
+    assert "SAIL_" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_json_log_format_is_json(tmp_path: Path) -> None:
+    import json
+    import os
+
+    code = (
+        "import structlog; from sailk8s.logsetup import configure_logging;"
+        "configure_logging('json'); structlog.get_logger('t').info('hello', stage='sft')"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                         env=dict(os.environ), timeout=60)
+    rec = json.loads(res.stderr.strip().splitlines()[-1])
+    assert rec["event"] == "hello" and rec["stage"] == "sft" and rec["level"] == "info"

@@ -1,0 +1,118 @@
+"""The pre-install hook's script, run against a fake API server on 127.0.0.1, names the cause."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from chartkit import find
+
+CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/pytorchjobs.kubeflow.org"
+
+
+def crd(*served: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "pytorchjobs.kubeflow.org"},
+        "spec": {"group": "kubeflow.org", "scope": "Namespaced",
+                 "names": {"kind": "PyTorchJob", "plural": "pytorchjobs"},
+                 "versions": [{"name": v, "served": True, "storage": i == 0} for i, v in enumerate(served)]
+                 + [{"name": "v1alpha1", "served": False, "storage": False}]},
+    }
+
+
+def status(code: int, reason: str) -> dict[str, Any]:
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code}
+
+
+class FakeAPI:
+    """Answers the CRD GET with whatever the test set; records the paths asked for."""
+
+    def __init__(self) -> None:
+        self.answer: tuple[int, dict[str, Any]] = (404, status(404, "NotFound"))
+        self.paths: list[str] = []
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                api.paths.append(self.path)
+                code, body = api.answer if self.path == CRD_PATH else (404, status(404, "NotFound"))
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture(scope="module")
+def fake_api() -> Iterator[FakeAPI]:
+    api = FakeAPI()
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="module")
+def check_script(render: Any) -> str:
+    """The script exactly as the rendered hook Job runs it (`python -c <script>`)."""
+    (job,) = find(render(), "Job", "crd-check")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["command"] == ["python", "-c"]
+    (script,) = container["args"]
+    return str(script)
+
+
+def run_check(script: str, api: FakeAPI, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": api.url}}],
+        "users": [{"name": "fake", "user": {"token": "t"}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+    }))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    env["KUBECONFIG"] = str(kubeconfig)
+    return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
+                          timeout=60, check=False)
+
+
+@pytest.mark.parametrize(("answer", "rc", "message"), [
+    ((404, status(404, "NotFound")), 1,
+     "PyTorchJob CRD not found: install the Kubeflow Training Operator v1.9: kubectl apply "),
+    ((200, crd("v1")), 0, "ok: pytorchjobs.kubeflow.org serves kubeflow.org/v1"),
+    ((200, crd("v2beta1")), 1, "PyTorchJob CRD serves v2beta1, not kubeflow.org/v1"),
+    ((403, status(403, "Forbidden")), 1, "(HTTP 403): the check's ClusterRole was not applied"),
+])
+def test_check_names_the_cause(check_script: str, fake_api: FakeAPI, tmp_path: Path,
+                               answer: tuple[int, dict[str, Any]], rc: int, message: str) -> None:
+    fake_api.answer = answer
+    result = run_check(check_script, fake_api, tmp_path)
+    assert result.returncode == rc, result.stderr
+    out = result.stdout if rc == 0 else result.stderr
+    assert message in out
+    assert "Traceback" not in result.stderr
+    assert len(out.strip().splitlines()) == 1  # one line naming the cause
+    assert fake_api.paths[-1] == CRD_PATH

@@ -1,0 +1,67 @@
+"""Shared helpers of the workload tests (imported by name: tests/ has no packages)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def png_bytes(size: tuple[int, int] = (48, 48), color: tuple[int, int, int] = (200, 30, 30)) -> bytes:
+    """A small valid PNG."""
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def pattern_png(seed: int, size: int = 48, brighten: int = 0) -> bytes:
+    """A PNG with a distinct pattern per seed (so pHashes differ)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    arr = (rng.random((8, 8)) * 230 + brighten).astype("uint8")
+    img = Image.fromarray(arr, mode="L").resize((size, size), Image.NEAREST).convert("RGB")
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def contract_env(store: Path, *, run: str = "t", stage: str, kind: str, inputs: list[str] | None = None,
+                 outputs: list[str] | None = None, config: dict[str, Any] | None = None,
+                 rank: int | None = None, world: int | None = None) -> dict[str, str]:
+    """The env contract for one stage process against a local store."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update({"SAIL_RUN": run, "SAIL_STAGE": stage, "SAIL_STAGE_KIND": kind, "SAIL_ATTEMPT": "1",
+                "SAIL_STORE_URI": f"file://{store}", "SAIL_INPUTS": json.dumps(inputs or []),
+                "SAIL_OUTPUTS": json.dumps(outputs or []), "SAIL_STAGE_CONFIG": json.dumps(config or {}),
+                "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "SAIL_PROGRESS_SECONDS": "0.2"})
+    if rank is not None:
+        env.update({"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)})
+    return env
+
+
+def run_job(module: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run `python -m <module>` to completion."""
+    return subprocess.run([sys.executable, "-m", module], env=env, cwd=ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+
+
+def raw_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    """A tar with exactly these members (names unchecked: that is the point)."""
+    with tarfile.open(path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path

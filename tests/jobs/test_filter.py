@@ -1,0 +1,275 @@
+"""The filter stage: each filter's reasons, global dedup at any world size, kill + rerun, funnel."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from jobs_helpers import ROOT, contract_env, pattern_png, png_bytes, run_job
+from pydantic import ValidationError
+
+from jobs import shards as sh
+from jobs.filters import dedup as dd
+from jobs.filters.basic import Candidate, CaptionCheck, ImageCheck
+from jobs.filters.funnel import build_funnel
+from jobs.filters.scores import JudgeScorer, parse_ratings
+from sailk8s.stageconfig.filter import CaptionFilter, Config, ImageFilter, JudgeFilter
+
+CAPTION = "a small square image with a bold pattern of dark and light blocks"
+FILTERS = [{"type": "image", "min_side": 32}, {"type": "caption", "min_words": 3},
+           {"type": "dedup", "max_distance": 4, "steal_after_seconds": 5}]
+
+
+def cand(text: str | None, image: bytes | None = None) -> Candidate:
+    files = {"png": image} if image is not None else {}
+    return Candidate(sh.Sample("k", {}, "png" if image is not None else None, files), text)
+
+
+def test_caption_check_reasons() -> None:
+    c = CaptionCheck(CaptionFilter(type="caption", min_words=3, max_words=20))
+    assert c.check(cand(CAPTION)) is None
+    assert c.check(cand(None)) == "caption_missing"
+    assert c.check(cand("two words")) == "caption_too_short"
+    assert c.check(cand("x " * 30)) in ("caption_too_long", "caption_repetitive")
+    assert c.check(cand("the cat the cat the cat the cat the cat")) == "caption_repetitive"
+    assert c.check(cand("dog dog dog dog")) == "caption_repetitive"
+    assert c.check(cand("<unk> <unk> a photo of")) == "caption_degenerate"
+    assert c.check(cand("12345 67890 ### @@@ 000")) == "caption_degenerate"
+    assert c.check(cand("As an AI I cannot see images")) == "caption_degenerate"
+
+
+def test_image_check_reasons() -> None:
+    c = ImageCheck(ImageFilter(type="image", min_side=32, max_aspect_ratio=3.0))
+    assert c.check(cand("x", png_bytes((48, 48)))) is None
+    assert c.check(cand("x", png_bytes((16, 48)))) == "image_too_small"
+    assert c.check(cand("x", png_bytes((200, 40)))) == "bad_aspect_ratio"
+    assert c.check(cand("x", b"")) == "empty_image"
+    assert c.check(cand("x", b"GIF89a garbage")) == "truncated_image"
+    assert c.check(cand("x", b"plain text")) == "not_an_image"
+    assert c.check(cand("x")) == "missing_image"
+
+
+def test_dedup_decide_keeps_first_and_matches_brute_force() -> None:
+    rng = random.Random(0)
+    base = [rng.getrandbits(64) for _ in range(40)]
+    entries = []
+    for i in range(300):
+        h = rng.choice(base)
+        for _ in range(rng.randint(0, 7)):
+            h ^= 1 << rng.randrange(64)
+        entries.append(dd.IndexEntry(f"s{i % 5}", f"k{i:04d}", f"c{rng.randint(0, 250)}", h))
+    got = dd.decide(entries, max_distance=4)
+    kept_hashes: list[int] = []
+    kept_content: set[str] = set()
+    for e in sorted(entries):  # brute force, same rule
+        if e.content in kept_content:
+            assert got[(e.shard, e.key)] == dd.EXACT_DUPLICATE
+        elif any(bin(e.phash ^ h).count("1") <= 4 for h in kept_hashes):
+            assert got[(e.shard, e.key)] == dd.NEAR_DUPLICATE
+        else:
+            assert (e.shard, e.key) not in got
+            kept_hashes.append(e.phash)
+            kept_content.add(e.content)
+    assert dd.decide(list(reversed(entries)), max_distance=4) == got  # input order is irrelevant
+
+
+def test_parse_ratings_robustly() -> None:
+    assert parse_ratings("richness: 4, alignment: 5") == (4, 5)
+    assert parse_ratings("Richness - 4/5. Alignment: 2/5") == (4, 2)
+    assert parse_ratings("Information richness: 5\nImage-text alignment: No") == (5, 1)
+    assert parse_ratings("I'd say 4 out of 5, then 3") == (4, 3)
+    assert parse_ratings("alignment 4") == (None, 4)
+    assert parse_ratings("ratings 10 and 7, or 2.5") == (None, None)
+    assert parse_ratings("") == (None, None)
+
+
+def test_judge_scorer_applies_sail_vl2_rule() -> None:
+    replies = iter(["richness: 4, alignment: 4", "richness: 2, alignment: 5", "richness: 5, alignment: 1",
+                    "no idea", "Richness 3/5; alignment 3/5"])
+    prompts_seen: list[str] = []
+
+    def fake_generate(images: list[object], prompts: list[str]) -> list[str]:
+        prompts_seen.extend(prompts)
+        return [next(replies) for _ in prompts]
+
+    cfg = JudgeFilter(type="judge", preset="tiny", min_score=3)
+    cands = [cand(f"caption {i}", png_bytes()) for i in range(5)]
+    got = JudgeScorer(cfg, generate=fake_generate).score(cands)
+    assert got == [None, "judge_low_richness", "judge_low_alignment", "judge_unparseable", None]
+    assert cands[0].scores == {"judge_richness": 4, "judge_alignment": 4}
+    assert 'caption of the image: "caption 0"' in prompts_seen[0]
+
+
+def test_config_rules() -> None:
+    with pytest.raises(ValidationError, match="dedup must come before"):
+        Config.model_validate({"filters": [{"type": "minilm"}, {"type": "dedup"}]})
+    with pytest.raises(ValidationError, match="exactly one of"):
+        Config.model_validate({"filters": [{"type": "alignment"}]})
+    with pytest.raises(ValidationError, match=r"unknown|Extra"):
+        Config.model_validate({"filters": [{"type": "image", "min_sid": 3}]})
+
+
+def test_funnel_rows_in_chain_order() -> None:
+    rows = build_funnel(100, {"bad_json": 2, "image_too_small": 3, "exact_duplicate": 5},
+                        [("image", ("image_too_small",)), ("dedup", ("exact_duplicate", "near_duplicate"))])
+    assert rows == [{"step": "read", "dropped": {"bad_json": 2}, "remaining": 98},
+                    {"step": "image", "dropped": {"image_too_small": 3}, "remaining": 95},
+                    {"step": "dedup", "dropped": {"exact_duplicate": 5}, "remaining": 90}]
+
+
+# ---------------------------------------------------------------------------- stage runs
+def make_corpus(store: Path, n_shards: int = 6, per_shard: int = 10) -> dict[str, int]:
+    """Input shards with cross-shard exact/near duplicates, small images, bad captions."""
+    d = store / "in"
+    d.mkdir(parents=True)
+    expected = {"exact": 0, "near": 0}
+    plain: set[int] = set()  # samples that keep their own pattern and pass the other filters
+    for s in range(n_shards):
+        with sh.ShardWriter(d / sh.shard_name(s)) as w:
+            for i in range(per_shard):
+                n = s * per_shard + i
+                img, text = pattern_png(n), CAPTION
+                if n % 9 == 4 and n - 9 in plain:
+                    img = pattern_png(n - 9)  # exact copy of a kept sample earlier in (shard, key) order
+                    expected["exact"] += 1
+                elif n % 17 == 8 and n - 17 in plain:
+                    img = pattern_png(n - 17, brighten=8)  # near copy: same pattern, shifted levels
+                    expected["near"] += 1
+                elif n % 13 == 6:
+                    img = png_bytes((20, 20))
+                elif n % 11 == 3:
+                    text = "tiny"
+                else:
+                    plain.add(n)
+                w.write(sh.Sample(f"k{n:04d}", {"recaption": text, "alt_text": "alt"}, "png", {"png": img}))
+    return expected
+
+
+def output_digests(store: Path) -> dict[str, str]:
+    return {p.name: sh.file_sha256(p) for p in sorted((store / "out").glob("*.tar"))}
+
+
+def kept_keys(store: Path) -> list[str]:
+    return [s.key for p in sorted((store / "out").glob("*.tar"))
+            for s in sh.read_shard(p) if isinstance(s, sh.Sample)]
+
+
+def report(store: Path, stage: str = "filter") -> dict:
+    return json.loads((store / "runs/t" / stage / "report.json").read_bytes())
+
+
+def start(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "jobs.filter"], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], dict, Path]:
+    store = tmp_path_factory.mktemp("base")
+    expected = make_corpus(store)
+    res = run_job("jobs.filter", contract_env(store, stage="filter", kind="filter", inputs=["in"],
+                                              outputs=["out"], config={"filters": FILTERS}))
+    assert res.returncode == 0, res.stderr
+    rep = report(store)
+    assert rep["dropped"]["exact_duplicate"] == expected["exact"]
+    assert rep["dropped"]["near_duplicate"] == expected["near"] > 0
+    assert rep["dropped"]["image_too_small"] > 0 and rep["dropped"]["caption_too_short"] > 0
+    assert rep["samples_in"] == 60 == rep["samples_out"] + rep["dropped_total"]
+    assert [r["step"] for r in rep["funnel"]] == ["image", "caption", "dedup"]
+    png = store / rep["funnel_chart"]
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return output_digests(store), rep, store
+
+
+@pytest.mark.slow
+def test_same_survivors_at_world_size_two(baseline, tmp_path: Path) -> None:
+    digests, rep, _ = baseline
+    make_corpus(tmp_path)
+    procs = [start(contract_env(tmp_path, stage="filter", kind="filter", inputs=["in"], outputs=["out"],
+                                config={"filters": FILTERS}, rank=r, world=2)) for r in range(2)]
+    for p in procs:
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, out
+    assert output_digests(tmp_path) == digests
+    assert report(tmp_path)["dropped"] == rep["dropped"]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_rerun_matches_uninterrupted(baseline, tmp_path: Path) -> None:
+    digests, rep, base_store = baseline
+    make_corpus(tmp_path)
+    env = contract_env(tmp_path, stage="filter", kind="filter", inputs=["in"], outputs=["out"],
+                       config={"filters": FILTERS})
+    done_dir = tmp_path / "runs/t/filter/done"
+    for kill_after_markers in (1, 3):
+        proc = start(env)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if done_dir.exists() and len(list(done_dir.glob("*.json"))) >= kill_after_markers:
+                break
+            time.sleep(0.005)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        assert proc.returncode == -signal.SIGKILL
+        assert len(list(done_dir.glob("*.json"))) < 6  # it really was interrupted
+    res = run_job("jobs.filter", env)
+    assert res.returncode == 0, res.stderr
+    assert output_digests(tmp_path) == digests
+    got = report(tmp_path)
+    assert (got["samples_in"], got["samples_out"], got["dropped"]) == \
+        (rep["samples_in"], rep["samples_out"], rep["dropped"])
+    keys = kept_keys(tmp_path)
+    assert len(keys) == len(set(keys)) == got["samples_out"]  # nothing duplicated
+    assert keys == kept_keys(base_store)  # nothing lost
+
+
+@pytest.mark.slow
+def test_a_rank_takes_over_missing_indexes_of_a_dead_peer(baseline, tmp_path: Path) -> None:
+    digests, rep, _ = baseline
+    make_corpus(tmp_path)
+    filters = [*FILTERS[:2], {**FILTERS[2], "steal_after_seconds": 0.5}]
+    # Rank 1 runs alone first: rank 0 never writes its indexes, so rank 1 must build them.
+    for rank in (1, 0):
+        env = contract_env(tmp_path, stage="filter", kind="filter", inputs=["in"], outputs=["out"],
+                           config={"filters": filters}, rank=rank, world=2)
+        res = run_job("jobs.filter", env)
+        assert res.returncode == 0, res.stderr
+        if rank == 1:
+            assert "indexing another rank's shard" in res.stderr
+    assert output_digests(tmp_path) == digests
+    assert report(tmp_path)["dropped"] == rep["dropped"]
+
+
+@pytest.mark.slow
+def test_filter_over_s3_with_transient_faults_matches_local(baseline, tmp_path: Path) -> None:
+    from sailk8s.testing.s3 import FaultProxy, s3_server
+
+    digests, rep, _ = baseline
+    make_corpus(tmp_path)
+    with s3_server() as s3, FaultProxy(s3.endpoint) as proxy:
+        store = s3.store("p")
+        for shard in sorted((tmp_path / "in").glob("*.tar")):
+            store.put_file(f"in/{shard.name}", shard)
+        env = contract_env(tmp_path, stage="filter", kind="filter", inputs=["in"], outputs=["out"],
+                           config={"filters": FILTERS})
+        env.update({"SAIL_STORE_URI": s3.uri("p"), "SAIL_STORE_ENDPOINT": proxy.endpoint,
+                    "SAIL_STORE_ACCESS_KEY": s3.access_key, "SAIL_STORE_SECRET_KEY": s3.secret_key,
+                    "SAIL_STORE_REGION": s3.region, "SAIL_STORE_RETRY_SECONDS": "20"})
+        proxy.inject("503", times=4)
+        res = run_job("jobs.filter", env)
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert s3.secret_key not in res.stderr
+        out = tmp_path / "s3out"
+        out.mkdir()
+        for key in store.list("out/"):
+            store.get_file(key, out / key.rsplit("/", 1)[1])
+        got = {p.name: sh.file_sha256(p) for p in sorted(out.glob("*.tar"))}
+        assert got == digests
+        assert json.loads(store.get("runs/t/filter/report.json"))["dropped"] == rep["dropped"]
