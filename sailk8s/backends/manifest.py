@@ -5,7 +5,9 @@ No I/O and no API calls: the same function feeds `render`, the Kubernetes backen
 Exit codes and restarts (see sailk8s.exitcodes): replicas use restartPolicy `ExitCode`, so the
 training operator restarts a pod in place when it dies by a signal (code >= 128: SIGKILL,
 SIGTERM on preemption) up to runPolicy.backoffLimit times, and fails the job at once for codes
-1-127, which the controller then classifies (1 app, 2-4 permanent, 75 infra).
+1-127, which the controller then classifies (1 app, 2-4 permanent, 75 infra). The container
+runs torchrun through `python -m jobs.launch`, which exits with the first failed rank's code
+(torchrun alone exits 1 whatever its ranks returned, which would make every failure "app").
 
 Elastic stages (scheduling.elastic_min_nodes / elastic_max_nodes) use Worker replicas only,
 as the operator's elastic examples do: c10d rendezvous runs on worker-0, every node is a peer.
@@ -31,6 +33,7 @@ GROUP = "kubeflow.org"
 VERSION = "v1"
 PLURAL = "pytorchjobs"
 CONTAINER = "pytorch"  # the operator's webhook requires a container with this name
+LAUNCHER = "jobs.launch"  # torchrun that keeps the failed rank's exit code (jobs/launch.py)
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
@@ -124,6 +127,15 @@ def _env(
     return env
 
 
+def pod_command(stage: Stage, nnodes: int | None) -> list[str]:
+    """The container command: stage_command's torchrun arguments under `python -m jobs.launch`.
+
+    torchrun exits 1 whatever its ranks returned; jobs.launch is torchrun with the first failed
+    rank's own exit code, which restartPolicy ExitCode and the controller's classes depend on.
+    """
+    return ["python", "-m", LAUNCHER, *stage_command(stage, nnodes=nnodes)[1:]]
+
+
 def _resources(stage: Stage) -> k8s.V1ResourceRequirements:
     r = stage.resources
     requests: dict[str, str] = {}
@@ -186,7 +198,7 @@ def _pod_template(
     container = k8s.V1Container(
         name=CONTAINER,
         image=r.image or pipeline.image,
-        command=stage_command(stage, nnodes=nnodes),
+        command=pod_command(stage, nnodes),
         env=_env(pipeline, stage, attempt, store_endpoint, store_region),
         resources=_resources(stage),
         volume_mounts=[k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")],

@@ -48,12 +48,15 @@ def run(ctx: click.Context, path: str, only: str | None, run_name: str | None, l
         click.echo(f"interrupted: running attempts keep going; `python -m sailk8s run -f {path}` adopts "
                    f"them, `python -m sailk8s cancel {pipeline.run} -f {path}` stops them", err=True)
         sys.exit(130)
-    _print_summaries(pipeline, store, selected)
+    _print_summaries(pipeline, store, selected, tty)
     sys.exit(exit_for(state.status))
 
 
-def _print_summaries(pipeline: Any, store: Any, selected: list[str] | None) -> None:
-    """Each stage's one-line `summary` from its report.json (e.g. the held-out accuracy)."""
+def _print_summaries(pipeline: Any, store: Any, selected: list[str] | None, tty: bool) -> None:
+    """Each stage's one-line `summary` from its report.json (e.g. the held-out accuracy).
+
+    On stderr when piped, so stdout stays JSON lines ending with run_finished.
+    """
     from sailk8s.ledger import read_report
 
     for stage in pipeline.order():
@@ -61,4 +64,4 @@ def _print_summaries(pipeline: Any, store: Any, selected: list[str] | None) -> N
             continue
         report = read_report(store, pipeline.run, stage.name)
         if report and isinstance(report.get("summary"), str):
-            click.echo(f"{stage.name}: {report['summary']}")
+            click.echo(f"{stage.name}: {report['summary']}", err=not tty)

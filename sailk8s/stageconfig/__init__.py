@@ -26,7 +26,7 @@ def parse_stage_config(kind: str, config: dict[str, Any]) -> BaseModel:
     except ValidationError as err:
         parts = []
         for e in err.errors():
-            loc = ".".join(str(x) for x in e["loc"])
+            loc = "".join(f".{x}" for x in e["loc"])
             msg = "unknown field" if e["type"] == "extra_forbidden" else e["msg"]
-            parts.append(f"config.{loc}: {msg.removeprefix('Value error, ')}")
+            parts.append(f"config{loc}: {msg.removeprefix('Value error, ')}")
         raise ValueError("; ".join(parts)) from None

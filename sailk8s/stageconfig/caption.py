@@ -22,11 +22,7 @@ def _fields(template: str) -> set[str]:
 
 
 class Config(BaseModel):
-    """A caption stage: `model` (path, store URI or hub id) or `preset` (random init, for tests).
-
-    With neither, the stage uses a random `tiny` model and warns: fine for a smoke run, useless
-    for real data.
-    """
+    """A caption stage: exactly one of `model` (a saved captioner) or `preset` (random init, tests)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -80,18 +76,17 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _one_source(self) -> Config:
-        """At most one of model and preset names the captioner."""
+        """Exactly one of model and preset names the captioner: never a silent random model."""
         if self.model is not None and self.preset is not None:
             raise ValueError("set only one of `model` (path, store URI or hub id) and `preset`")
+        if self.model is None and self.preset is None:
+            raise ValueError("set `model` (a saved captioner: store prefix, store URI, path or hub id) "
+                             "or `preset` (random weights: smoke tests only)")
         return self
-
-    def uses_default_captioner(self) -> bool:
-        """Neither model nor preset given: the stage falls back to a random `tiny` model (warned)."""
-        return self.model is None and self.preset is None
 
     def preset_name(self) -> str | None:
         """The preset to build, when no model is given."""
-        return None if self.model is not None else (self.preset or "tiny")
+        return None if self.model is not None else self.preset
 
     def captioner(self) -> str:
         """The name recorded in output samples."""

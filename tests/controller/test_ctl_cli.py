@@ -28,6 +28,7 @@ def write_pipeline(tmp: Path, store: Path, **overrides: dict[str, Any]) -> Path:
     stages = [
         {"name": "a", "kind": "ingest", "outputs": ["data/a"], "retry": FAST_RETRY},
         {"name": "b", "kind": "caption", "depends": ["a"], "inputs": ["data/a"], "outputs": ["data/b"],
+         "config": {"preset": "tiny"},
          "retry": FAST_RETRY},
         {"name": "c", "kind": "filter", "outputs": ["data/c"], "retry": FAST_RETRY},
     ]

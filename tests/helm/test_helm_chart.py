@@ -15,6 +15,7 @@ from sailk8s.spec import STAGE_KINDS, Pipeline, parse_pipeline
 
 # The smallest valid config block of each kind (the kinds without required fields take {}).
 MINIMAL_CONFIG: dict[str, dict[str, Any]] = {
+    "caption": {"model": "models/captioner"},
     "pretrain": {"substages": [{"name": "a", "mix": [{"prefix": "d"}], "max_steps": 1}]},
     "sft": {"stages": [{"name": "a", "mix": [{"prefix": "d"}], "max_steps": 1}]},
     "evaluate": {"model": "models/sft"},

@@ -1,4 +1,4 @@
-"""The cluster docs and the packaged chart say and ship what the tests check."""
+"""The README's cluster section and the packaged chart say and ship what the tests check."""
 
 from __future__ import annotations
 
@@ -10,11 +10,17 @@ from typing import Any
 from chartkit import CHART_DIR, CI_DIR, ROOT
 from test_helm_kubevalidate import SUPPORTED
 
-DOCS = ROOT / "docs" / "cluster.md"
+README = ROOT / "README.md"
+
+
+def _cluster_section() -> str:
+    text = README.read_text()
+    assert "## Run on a cluster" in text
+    return text.split("## Run on a cluster", 1)[1]
 
 
 def test_docs_name_the_supported_versions_and_the_operator_install() -> None:
-    text = DOCS.read_text()
+    text = _cluster_section()
     assert f"| Kubernetes | {SUPPORTED[0]} to {SUPPORTED[-1]} |" in text
     check = runpy.run_path(str(CHART_DIR / "files" / "check_crd.py"), run_name="check_crd")
     install = re.search(r'kubectl apply --server-side -k "\S+"', text)

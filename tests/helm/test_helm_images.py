@@ -18,6 +18,7 @@ import yaml
 from chartkit import CHART_DIR, ROOT
 from test_helm_chart import KIND_IMAGE, MINIMAL_CONFIG
 
+from sailk8s.backends.manifest import pod_command
 from sailk8s.cli import COMMANDS
 from sailk8s.envcontract import stage_command
 from sailk8s.spec import STAGE_KINDS, Stage
@@ -156,11 +157,15 @@ def test_controller_entry_point_is_the_cli_the_chart_runs() -> None:
     assert argv[:3] == entrypoint and argv[3] in COMMANDS
 
 
-def test_workload_targets_run_existing_job_modules_with_torchrun() -> None:
+def test_workload_targets_run_existing_job_modules_like_the_manifest_builder() -> None:
     workload = {s.name: s for s in parse_dockerfile(WORKLOAD)}
     for target in WORKLOAD_TARGETS:
         cmd = exec_form(workload[target].last("CMD"))
-        assert cmd[0] == "torchrun" and cmd[-2] == "-m", target
+        # The same launcher as the PyTorchJob's container command (backends.manifest.pod_command).
+        kind = cmd[-1].removeprefix("jobs.")
+        stage = Stage(name="s", kind=kind, config=MINIMAL_CONFIG.get(kind, {}))
+        assert cmd == pod_command(stage, nnodes=None), target
+        assert importlib.util.find_spec("jobs.launch") is not None
         assert importlib.util.find_spec(cmd[-1]) is not None, f"{target}: no module {cmd[-1]}"
 
 
@@ -170,6 +175,7 @@ def test_every_stage_command_runs_a_module_of_its_image() -> None:
         stage = Stage(name="s", kind=kind, config=MINIMAL_CONFIG.get(kind, {}))
         argv = stage_command(stage)
         assert argv[0] == "torchrun" and argv[-2:] == ["-m", f"jobs.{kind}"]
+        assert pod_command(stage, nnodes=2)[:3] == ["python", "-m", "jobs.launch"]
         assert importlib.util.find_spec(f"jobs.{kind}") is not None, f"no module jobs.{kind}"
         assert KIND_IMAGE[kind] in built  # every workload image installs the whole package + [ml]
 

@@ -10,7 +10,7 @@ from chartkit import CHART_DIR, VALUE_SETS
 
 from sailk8s.spec import STAGE_KINDS, Stage
 
-# The oldest and newest Kubernetes versions the chart supports (docs/cluster.md).
+# The oldest and newest Kubernetes versions the chart supports (README.md, "Run on a cluster").
 KUBE_VERSIONS = ("v1.27.0", "v1.33.0")
 
 

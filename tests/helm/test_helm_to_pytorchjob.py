@@ -42,7 +42,7 @@ def test_stage_jobs_run_the_kind_image_module_and_secret(render: Any, crd_valida
         image = container["image"]
         assert image.rsplit("/", 1)[-1].startswith(KIND_IMAGE[stage.kind] + ":"), (values_name, stage.name)
         argv = container.get("command", []) + container.get("args", [])
-        module = argv[argv.index("-m") + 1]
+        module = argv[len(argv) - argv[::-1].index("-m")]  # the last -m: the launcher comes first
         assert module == f"jobs.{stage.kind}" and importlib.util.find_spec(module) is not None
         env = {e["name"]: e for e in container["env"]}
         for key in ("SAIL_STORE_ACCESS_KEY", "SAIL_STORE_SECRET_KEY"):

@@ -26,6 +26,7 @@ def make_pipeline(**overrides: Any) -> Pipeline:
             {
                 "name": "recaption",
                 "kind": "caption",
+                "config": {"model": "models/captioner"},
                 "depends": ["ingest"],
                 "inputs": ["data/raw"],
                 "outputs": ["data/recaptioned"],

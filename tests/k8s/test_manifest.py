@@ -47,7 +47,8 @@ def test_one_node_cpu_stage(pipeline: Pipeline) -> None:
     assert m["spec"]["nprocPerNode"] == "2"  # procs_per_node without GPUs
     c = container(m)
     assert c["name"] == "pytorch"
-    assert c["command"] == ["torchrun", "--nproc-per-node=2", "--nnodes=1", "-m", "jobs.ingest"]
+    assert c["command"] == ["python", "-m", "jobs.launch", "--nproc-per-node=2", "--nnodes=1",
+                            "-m", "jobs.ingest"]
     assert c["resources"] == {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "4Gi"}}
     pod = specs["Master"]["template"]["spec"]
     assert "tolerations" not in pod and "affinity" not in pod
@@ -61,7 +62,8 @@ def test_gpu_gang_stage_with_kueue(pipeline: Pipeline) -> None:
     assert m["spec"]["nprocPerNode"] == "8"
     c = container(m, "Worker")
     assert c["image"] == "registry.example.com/sail/sail-caption:0.1.0"
-    assert c["command"] == ["torchrun", "--nproc-per-node=8", "--nnodes=4", "-m", "jobs.caption"]
+    assert c["command"] == ["python", "-m", "jobs.launch", "--nproc-per-node=8", "--nnodes=4",
+                            "-m", "jobs.caption"]
     assert c["resources"]["limits"] == {"memory": "512Gi", "nvidia.com/gpu": "8"}
     assert c["resources"]["requests"] == {"cpu": "64", "memory": "512Gi"}
     assert c["volumeMounts"] == [{"mountPath": "/dev/shm", "name": "dshm"}]

@@ -27,6 +27,7 @@ image: registry.example.com/sail/sail-train:0.1.0
 stages:
   - name: recaption
     kind: caption
+    config: {{model: models/captioner}}
     outputs: [data/recaptioned]
     resources: {{nodes: 2, gpus_per_node: 8, cpu: "32", memory: 256Gi}}
     scheduling: {{gang: true, kueue_queue: gpu-batch}}

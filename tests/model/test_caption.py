@@ -47,7 +47,8 @@ def test_config_defaults_and_strictness() -> None:
     assert cfg.mode == "recaption" and cfg.batch_size == 16 and cfg.dtype == "auto"
     assert cfg.captioner() == "preset:tiny"
     assert Config(model="s3://b/m").captioner() == "s3://b/m"
-    assert Config().preset_name() == "tiny" and Config().uses_default_captioner()
+    with pytest.raises(ValueError, match="set `model`"):
+        parse_stage_config("caption", {})
     with pytest.raises(ValueError, match=r"config\.batchsize: unknown field"):
         parse_stage_config("caption", {"batchsize": 4})
     with pytest.raises(ValueError, match="set only one of `model`"):
@@ -103,7 +104,7 @@ def test_stage_recaptions_every_sample_and_keeps_input_fields(
         if "alt_text" in s.meta:
             assert s.meta["mode"] == "recaption" and s.meta["alt_text"] in s.meta["prompt"]
         else:
-            assert s.meta["mode"] == "caption" and s.meta["prompt"] == Config().caption_prompt
+            assert s.meta["mode"] == "caption" and s.meta["prompt"] == Config(preset="tiny").caption_prompt
         assert s.files["png"]  # the image travels on unchanged
     assert any(s.meta["recaption"] for s in samples)
     assert len({s.meta["recaption"] for s in samples}) > 1  # captions depend on image and prompt

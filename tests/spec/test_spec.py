@@ -19,7 +19,8 @@ def _pipeline(**over: Any) -> dict[str, Any]:
         "run": "r1",
         "store": "file:///tmp/sail-store",
         "stages": [
-            {"name": "caption", "kind": "caption", "outputs": ["data/captioned"]},
+            {"name": "caption", "kind": "caption", "outputs": ["data/captioned"],
+             "config": {"model": "models/captioner"}},
             {"name": "filter", "kind": "filter", "depends": ["caption"],
              "inputs": ["data/captioned"], "outputs": ["data/filtered"]},
         ],
@@ -74,11 +75,11 @@ def test_wrong_types_name_the_field() -> None:
 @pytest.mark.parametrize(
     ("stages", "needle"),
     [
-        ([{"name": "a", "kind": "caption", "depends": ["b"]},
+        ([{"name": "a", "kind": "ingest", "depends": ["b"]},
           {"name": "b", "kind": "filter", "depends": ["a"]}], "dependency cycle a -> b -> a"),
-        ([{"name": "a", "kind": "caption", "depends": ["ghost"]}], "unknown stage 'ghost'"),
-        ([{"name": "a", "kind": "caption"}, {"name": "a", "kind": "filter"}], "duplicate stage name 'a'"),
-        ([{"name": "a", "kind": "caption", "depends": ["a"]}], "depends on itself"),
+        ([{"name": "a", "kind": "ingest", "depends": ["ghost"]}], "unknown stage 'ghost'"),
+        ([{"name": "a", "kind": "ingest"}, {"name": "a", "kind": "filter"}], "duplicate stage name 'a'"),
+        ([{"name": "a", "kind": "ingest", "depends": ["a"]}], "depends on itself"),
     ],
 )
 def test_dag_problems(stages: list[dict[str, Any]], needle: str) -> None:
@@ -139,7 +140,7 @@ def test_load_pipeline_reports_yaml_errors_with_line(tmp_path: Path) -> None:
 
 def test_relative_file_store_resolves_against_the_pipeline_file(tmp_path: Path) -> None:
     f = tmp_path / "p.yaml"
-    f.write_text("run: r1\nstore: file://./store\nstages:\n  - {name: a, kind: caption}\n")
+    f.write_text("run: r1\nstore: file://./store\nstages:\n  - {name: a, kind: ingest}\n")
     assert load_pipeline(f).store == f"file://{tmp_path / 'store'}"
 
 

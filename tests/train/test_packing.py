@@ -57,12 +57,17 @@ def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
                            ignore_index=IGNORE, reduction="sum")
 
 
-def test_packed_loss_and_grads_equal_unpacked_on_a_real_qwen2() -> None:
+@pytest.mark.parametrize("per_sample_attention", [False, True])
+def test_packed_loss_and_grads_equal_unpacked_on_a_real_qwen2(per_sample_attention: bool) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from jobs.attention import use_packed_attention
 
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2,
                                          num_attention_heads=4, num_key_value_heads=2, intermediate_size=64))
+    if per_sample_attention:
+        use_packed_attention(model)
     samples = [_sample(n, i, vocab=64) for i, n in enumerate([7, 12, 5, 9, 15, 3])]
     packed = collate_packed(list(StreamPacker(32).pack(samples)), 32, pad_id=0)
     padded = collate_padded(samples, pad_id=0)

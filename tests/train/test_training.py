@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, read_json, run_stage, stage_process_env
+from train_helpers import ROOT, read_json, run_stage, stage_process_env
 
 from sailk8s import exitcodes
 from sailk8s.errors import ConfigError

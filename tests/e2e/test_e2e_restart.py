@@ -1,0 +1,77 @@
+"""kill -9 the controller while a stage's PyTorchJob runs: a restarted one adopts the job and finishes."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+from e2e_support import (
+    RUN,
+    Cluster,
+    assert_same_outputs,
+    events,
+    reduced_quickstart,
+    start_sail,
+    wait_for,
+    write_pipeline,
+)
+
+from sailk8s.runstate import load_state
+from sailk8s.store.local import LocalStore
+
+STAGE = "captioner"
+JOB = f"{RUN}-{STAGE}-1"
+MASTER = f"{JOB}-master-0"
+
+
+def phase_of(cluster: Cluster, pod: str) -> str | None:
+    for obj in cluster.pods():
+        meta = obj.get("metadata")
+        if isinstance(meta, dict) and meta.get("name") == pod:
+            status = obj.get("status")
+            return status.get("phase") if isinstance(status, dict) else None
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_killed_controller_restarts_and_adopts_the_running_job(
+        tmp_path: Path, cluster: Cluster, local_reference: Path) -> None:
+    store = tmp_path / "store"
+    doc = reduced_quickstart(store, backend="kubernetes", tail=True)
+    path = write_pipeline(tmp_path / "pipeline.yaml", doc)
+    env = cluster.env()
+    first = start_sail("run", "-f", str(path), env=env, log=tmp_path / "first.log")
+    # Kill the controller as soon as the captioner's master pod runs its (real) training process.
+    wait_for(lambda: phase_of(cluster, MASTER) == "Running", timeout=300, what=f"{MASTER} to run")
+    first.send_signal(signal.SIGKILL)
+    first.wait(timeout=10)
+    assert phase_of(cluster, MASTER) == "Running"  # the job outlives its controller
+
+    second = start_sail("run", "-f", str(path), "--lock-wait", "60", env=env, log=tmp_path / "second.log")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-4000:]
+    evs = events((tmp_path / "second.log").read_text())
+    adopted = [e for e in evs if e["event"] == "attempt_adopted"]
+    # The restarted controller adopted the job while it was still running, and submitted no
+    # new attempt of it.
+    assert [(e["stage"], e["attempt"], e["phase"]) for e in adopted] == [(STAGE, 1, "Running")]
+    assert STAGE not in [e["stage"] for e in evs if e["event"] == "attempt_submitted"]
+    assert "ingest" in [e["stage"] for e in evs if e["event"] == "stage_skipped"]  # already complete
+    assert evs[-1]["event"] == "run_finished" and evs[-1]["status"] == "succeeded"
+
+    # The API holds exactly one job per stage, all attempt 1; the captioner's master pod ran once.
+    names = [s["name"] for s in doc["stages"]]
+    jobs = sorted(j["metadata"]["name"] for j in cluster.jobs())  # type: ignore[index]
+    assert jobs == sorted(f"{RUN}-{n}-1" for n in names)
+    created = [r for r in cluster.kube.requests
+               if r.method == "POST" and r.path.endswith("/pytorchjobs") and r.status == 201]
+    assert len(created) == len(names)
+    captioner_pods = [p["metadata"]["name"] for p in cluster.pods()  # type: ignore[index]
+                      if p["metadata"]["labels"].get("sail.io/stage") == STAGE]  # type: ignore[index]
+    assert captioner_pods == [MASTER]
+
+    state = load_state(LocalStore(store), RUN)
+    assert state is not None and state.status == "succeeded"
+    assert {n: len(st.attempts) for n, st in state.stages.items()} == {n: 1 for n in names}
+    assert_same_outputs(local_reference, store)
