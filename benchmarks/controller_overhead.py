@@ -53,7 +53,8 @@ def pipeline(run: str) -> Pipeline:
     return parse_pipeline({
         "run": run, "backend": "kubernetes", "store": "s3://bench/runs", "namespace": NS,
         "store_secret": None,
-        "stages": [{"name": "pretrain", "kind": "caption", "outputs": ["data/out"],
+        "stages": [{"name": "recaption", "kind": "caption", "outputs": ["data/out"],
+                    "config": {"model": "models/captioner"},
                     "resources": {"nodes": 4, "gpus_per_node": 8}, "scheduling": {"gang": True}}],
     })
 
