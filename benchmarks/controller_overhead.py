@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import tempfile
 import time
-from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +37,11 @@ from sailk8s.backends.manifest import GROUP, PLURAL, VERSION
 from sailk8s.ledger import ShardLedger
 from sailk8s.ledger.paths import StagePaths
 from sailk8s.spec import Pipeline, parse_pipeline
-from sailk8s.store.base import ObjectStore
 from sailk8s.store.local import LocalStore
 from sailk8s.testing.apiserver import FakeKubernetes
 from sailk8s.testing.clock import SimulatedClock
 from sailk8s.testing.operator import FakeTrainingOperator
+from sailk8s.testing.stores import CountingStore
 
 NS = "sail"
 
@@ -94,43 +91,6 @@ def baseline(minutes: float, speed: float) -> int:
             clock.advance(1.0)
             time.sleep(0.002)  # let the operator's reconcile tick see the new time
         return len(kube.requests)
-
-
-class CountingStore(ObjectStore):
-    """Delegates to a store and counts each call (one call = one request on S3, a LIST page aside)."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-        self.uri = inner.uri
-        self.calls: Counter[str] = Counter()
-
-    def put(self, key: str, data: bytes) -> None:
-        self.calls["put"] += 1
-        self.inner.put(key, data)
-
-    def get(self, key: str) -> bytes:
-        self.calls["get"] += 1
-        return self.inner.get(key)
-
-    def exists(self, key: str) -> bool:
-        self.calls["exists"] += 1
-        return self.inner.exists(key)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        self.calls["list"] += 1
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.calls["delete"] += 1
-        self.inner.delete(key)
-
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        self.calls["put"] += 1
-        self.inner.put_file(key, path)
-
-    def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        self.calls["get"] += 1
-        self.inner.get_file(key, path)
 
 
 def store_requests(shards: int, done_fraction: float = 0.6) -> tuple[int, int, float, float]:

@@ -2,53 +2,14 @@
 
 from __future__ import annotations
 
-import os
-from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sailk8s.store.base import ObjectStore
 from sailk8s.store.local import LocalStore
 from sailk8s.testing.s3 import S3Server, s3_server
-
-
-class CountingStore(ObjectStore):
-    """Delegates to another store and counts calls per method (to pin request budgets)."""
-
-    def __init__(self, inner: ObjectStore) -> None:
-        self.inner = inner
-        self.uri = inner.uri
-        self.calls: Counter[str] = Counter()
-
-    def put(self, key: str, data: bytes) -> None:
-        self.calls["put"] += 1
-        self.inner.put(key, data)
-
-    def get(self, key: str) -> bytes:
-        self.calls["get"] += 1
-        return self.inner.get(key)
-
-    def exists(self, key: str) -> bool:
-        self.calls["exists"] += 1
-        return self.inner.exists(key)
-
-    def list(self, prefix: str = "") -> Iterator[str]:
-        self.calls["list"] += 1
-        return self.inner.list(prefix)
-
-    def delete(self, key: str) -> None:
-        self.calls["delete"] += 1
-        self.inner.delete(key)
-
-    def put_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        self.calls["put_file"] += 1
-        self.inner.put_file(key, path)
-
-    def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
-        self.calls["get_file"] += 1
-        self.inner.get_file(key, path)
+from sailk8s.testing.stores import CountingStore
 
 
 @pytest.fixture(scope="session")
