@@ -56,12 +56,19 @@ def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
         if error is None and last is not None and last.phase == Phase.FAILED.value:
             error = last.message
         pct = round(100.0 * done / total, 1) if isinstance(total, int | float) and total else None
+        unit = progress.get("unit", "shards")
+        work = None
+        if unit != "shards" and isinstance(progress.get("total"), int | float) and progress["total"]:
+            # Training stages count tokens or steps, not shards: show that instead.
+            p_done, p_total = float(progress.get("done") or 0), float(progress["total"])
+            work = f"{p_done:g}/{p_total:g} {unit}"
+            pct = round(100.0 * min(p_done, p_total) / p_total, 1)
         eta = progress.get("eta_seconds") if word in ("running", "retrying") else None
         rows.append({
             "stage": stage.name, "kind": stage.kind, "state": word, "stalled": bool(st and st.stalled),
             "attempts": len(st.attempts) if st else 0, "attempt": last.name if last else None,
             "phase": phase, "shards_done": done, "shards_total": total, "percent": pct,
-            "eta_seconds": eta, "last_error": error,
+            "eta_seconds": eta, "last_error": error, "work": work,
         })
     return rows
 
@@ -81,10 +88,11 @@ def _table(run: str, state: RunState | None, rows: list[dict[str, Any]]) -> None
                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state.updated_at or 0))})"
                              if state else "no run state yet")
     table = Table(title=head, title_justify="left")
-    for col in ("stage", "state", "attempts", "shards", "%", "ETA", "last error"):
+    for col in ("stage", "state", "attempts", "done", "%", "ETA", "last error"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        shards = f"{r['shards_done']}/{r['shards_total']}" if r["shards_total"] else str(r["shards_done"])
+        shards = r["work"] or (f"{r['shards_done']}/{r['shards_total']} shards" if r["shards_total"]
+                               else str(r["shards_done"]))
         state_word = r["state"] + (" STALLED" if r["stalled"] else "")
         if r["phase"] and r["state"] in ("running", "retrying"):
             state_word += f" ({r['phase']})"
