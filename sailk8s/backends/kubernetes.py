@@ -32,6 +32,7 @@ from sailk8s.backends.kube_errors import (
     namespace_missing_message,
     one_line,
 )
+from sailk8s.backends.kube_logfollow import HEALTHY_STREAM_S, Backoff, LogCursor, StreamBroke
 from sailk8s.backends.kube_watch import ObjectWatch
 from sailk8s.backends.manifest import (
     ANNOTATION_SPEC_HASH,
@@ -428,34 +429,119 @@ class KubernetesBackend(Backend):
 
     # -- logs ------------------------------------------------------------------------------
 
-    def _read_log(self, pod: str, ns: str, *, follow: bool = False) -> Iterator[str]:
+    def _open_log(
+        self,
+        pod: str,
+        ns: str,
+        *,
+        follow: bool = False,
+        since_time: str | None = None,
+        deadline_s: float | None = None,
+    ) -> tuple[Any | None, int]:
+        """(the streaming urllib3 response, 200), or (None, 400 or 404) when the pod has no log to read
+        (its container is not running yet / any more, or the pod is gone)."""
         call = Call("get", "pods/log", "", ns, pod)
+        query: list[tuple[str, str]] = [("container", CONTAINER)]
+        if follow:
+            # Follows ask for timestamps so a reconnect can resume at sinceTime and skip replays.
+            query += [("follow", "true"), ("timestamps", "true")]
+        if since_time:
+            query.append(("sinceTime", since_time))
         try:
+            # The generated read_namespaced_pod_log has no sinceTime parameter: call the path directly.
             resp = call_api(
-                lambda: self.core.read_namespaced_pod_log(
-                    pod, ns, container=CONTAINER, follow=follow, _preload_content=False
+                lambda: self.api.call_api(
+                    "/api/v1/namespaces/{namespace}/pods/{name}/log",
+                    "GET",
+                    {"namespace": ns, "name": pod},
+                    query,
+                    {"Accept": "text/plain"},
+                    response_type="str",
+                    auth_settings=["BearerToken"],
+                    _return_http_data_only=True,
+                    _preload_content=False,
                 ),
                 call,
                 host=self.host,
-                deadline_s=self.retry_seconds,
+                deadline_s=self.retry_seconds if deadline_s is None else deadline_s,
                 translate=False,
             )
         except ApiException as err:
-            if err.status in (400, 404):  # not started yet, or gone: no log to read
-                return
+            if err.status in (400, 404):
+                return None, err.status
             raise final_error(err, call, self.host) from None
-        done = False
-        try:
-            yield from iter_resp_lines(resp)
-            done = True
-        except (urllib3.exceptions.HTTPError, OSError) as err:
-            raise BackendError(f"the log stream of pod {pod!r} broke: {one_line(err)}") from None
-        finally:
-            # An unfinished body must not go back to the connection pool: close the socket.
-            if done:
-                resp.release_conn()
-            else:
-                resp.close()
+        return resp, 200
+
+    def _read_log(self, pod: str, ns: str) -> Iterator[str]:
+        """The pod's whole current log, line by line."""
+        resp, _ = self._open_log(pod, ns)
+        if resp is not None:
+            yield from _stream_lines(resp, pod)
+
+    def _follow_log(self, ref: AttemptRef, pod: str, ns: str, rank: int) -> Iterator[str]:
+        """Follow a pod log across dropped streams, each line once, until the container ends.
+
+        A broken stream is re-opened at sinceTime (the last second printed) and the replayed
+        lines are skipped; reconnects back off and give up after retry_seconds without a new
+        line. A pod deleted meanwhile ends in the archived log (the lines not printed yet).
+        """
+        cursor = LogCursor()
+        backoff = Backoff(self.retry_seconds)
+        first = True
+        while True:
+            opened = time.monotonic()
+            try:
+                resp, status = self._open_log(
+                    pod, ns, follow=True, since_time=cursor.since_time(), deadline_s=backoff.remaining()
+                )
+            except BackendError as err:
+                if first:
+                    raise
+                raise BackendError(
+                    f"lost the log stream of pod {pod!r} after {cursor.printed} line(s) "
+                    f"and could not reconnect: {err}"
+                ) from None
+            if resp is None:
+                if not first and cursor.clean_end:
+                    return  # the last stream ended cleanly: nothing was missed
+                if status == 404:  # the pod is gone: the rest is in the archive
+                    yield from cursor.skip_printed(self._archived_logs(ref, rank))
+                else:
+                    log.warning("pod log unavailable: its container is not running", pod=pod)
+                return
+            first = False
+            cursor.reconnect()
+            new = 0
+            broke: StreamBroke | None = None
+            try:
+                for raw in _stream_lines(resp, pod):
+                    line = cursor.accept(raw)
+                    if line is not None:
+                        new += 1
+                        yield line
+            except StreamBroke as err:
+                broke = err
+            cursor.clean_end = broke is None
+            lasted = time.monotonic() - opened
+            if new or lasted >= HEALTHY_STREAM_S:
+                backoff.reset()
+            if broke is None:
+                # A follow ends cleanly when the container exits. A quick clean end that brought
+                # nothing new is a re-read of a finished log (its status may lag): done. A longer
+                # one is a server-side timeout on a running container: follow again.
+                if new == 0 and lasted < HEALTHY_STREAM_S and cursor.reconnects > 1:
+                    return
+                continue
+            wait_s = backoff.next_wait()
+            if wait_s is None:
+                raise BackendError(
+                    f"the log stream of pod {pod!r} kept breaking ({broke.cause}): no new line "
+                    f"after {backoff.failures} reconnect(s) in {backoff.elapsed():.1f}s"
+                )
+            log.warning(
+                "pod log stream broke, reconnecting", pod=pod, wait_s=round(wait_s, 3), error=broke.cause
+            )
+            time.sleep(wait_s)
 
     def _ranked_pods(self, ref: AttemptRef, ns: str, pods: list[Obj] | None = None) -> list[tuple[int, str]]:
         """(node rank, pod name) of the attempt's pods, rank 0 first."""
@@ -476,7 +562,7 @@ class KubernetesBackend(Backend):
             rank = 0 if rank is None else rank
             pod = self._started_pod(ref, ns, rank)
             if pod is not None:
-                yield from self._read_log(pod, ns, follow=True)
+                yield from self._follow_log(ref, pod, ns, rank)
             else:
                 yield from self._archived_logs(ref, rank)
             return
@@ -576,6 +662,22 @@ class KubernetesBackend(Backend):
         from sailk8s.backends.kube_lease import LeaseRunLock
 
         return LeaseRunLock(self, run, holder, lease_seconds)
+
+
+def _stream_lines(resp: Any, pod: str) -> Iterator[str]:
+    """Lines of a log response; a broken stream raises BackendError, and its socket is closed."""
+    done = False
+    try:
+        yield from iter_resp_lines(resp)
+        done = True
+    except (urllib3.exceptions.HTTPError, OSError) as err:
+        raise StreamBroke(pod, one_line(err)) from None
+    finally:
+        # An unfinished body must not go back to the connection pool: close the socket.
+        if done:
+            resp.release_conn()
+        else:
+            resp.close()
 
 
 def _rank_of(key: str) -> int:

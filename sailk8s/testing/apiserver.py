@@ -25,6 +25,7 @@ Faults (see `sailk8s.testing.faults.FaultPlan`), armed on `kube.faults`::
     kube.faults.conflict_on_create(path="pytorchjobs")     # 409 AlreadyExists on POST
     kube.faults.drop_watch(after_events=1)                 # cut the next watch stream
     kube.faults.expire_watch()                             # 410 Gone ERROR on the next watch
+    kube.logs.cut_streams(after_lines=2)                   # cut the next pod log follow stream
     kube.compact()                                         # forget history: old RVs get 410
     kube.close_watches()                                   # end every open watch now
     kube.crd_installed = False                             # kubeflow.org/v1 answers 404
@@ -54,7 +55,7 @@ from sailk8s.testing.admission import admit, load_crd, minimal_crd
 from sailk8s.testing.clock import Clock
 from sailk8s.testing.faults import FaultPlan, default_reason
 from sailk8s.testing.patching import PatchError, json_patch, merge_patch
-from sailk8s.testing.podlogs import PodLogs
+from sailk8s.testing.podlogs import PodLogs, parse_time
 from sailk8s.testing.resources import APIEXTENSIONS, CRD_NAME, Obj, ResourceRegistry, ResourceType, table
 from sailk8s.testing.selectors import SelectorError, labels_match, parse_field_selector, parse_label_selector
 from sailk8s.testing.state import ApiError, ClusterState, Matcher, not_found
@@ -446,21 +447,46 @@ class _Handler(BaseHTTPRequestHandler):
             previous=previous,
             tail_lines=tail,
             timestamps=timestamps,
+            since=self._log_since(query),
             stop=kube.state.stopped,
         )
         if not follow:
             data = b"".join(lines)
             return self._send_text(200, data[:limit] if limit is not None else data)
+        cut = kube.logs.take_cut(name)
         self._start_chunked("text/plain; charset=utf-8")
-        sent = 0
-        for line in lines:
+        sent = count = 0
+        # Check the cut before waiting for the next line, so after_lines=0 acts at once.
+        while cut is None or count < cut.after_lines:
+            line = next(lines, None)
+            if line is None:
+                break
+            count += 1
             if limit is not None and sent + len(line) > limit:
                 line = line[: limit - sent]
             self._chunk(line)
             sent += len(line)
             if limit is not None and sent >= limit:
                 break
+        if cut is not None and cut.abrupt:
+            return self._drop()
         self._end_chunked()
+
+    def _log_since(self, query: dict[str, str]) -> float | None:
+        """Epoch seconds from sinceTime (RFC 3339) or sinceSeconds, as the API server validates them."""
+        since_time, since_seconds = query.get("sinceTime"), query.get("sinceSeconds")
+        if since_time and since_seconds:
+            raise ApiError(422, "Invalid", "at most one of `sinceTime` or `sinceSeconds` may be specified")
+        if since_time:
+            try:
+                return parse_time(since_time)
+            except ValueError as exc:
+                raise ApiError(400, "BadRequest", f"invalid sinceTime {since_time!r}") from exc
+        if since_seconds:
+            if not since_seconds.isdigit() or int(since_seconds) < 1:
+                raise ApiError(422, "Invalid", "sinceSeconds: Invalid value: must be greater than 0")
+            return self.kube.clock.now() - int(since_seconds)
+        return None
 
     def _delete_collection(
         self, rtype: ResourceType, ns: str | None, query: dict[str, str], body: bytes, dry_run: bool

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,37 @@ class LogBuffer:
     closed: bool = False
 
 
+@dataclass
+class StreamCut:
+    """Cut matching follow streams after `after_lines` lines, `times` times (None: forever).
+
+    abrupt: close the socket mid-body (a dying load balancer); else end the body cleanly
+    while the container still runs (an API server or idle timeout ending the request).
+    """
+
+    after_lines: int = 0
+    times: int | None = 1
+    pod: str | None = None
+    abrupt: bool = True
+    hits: int = 0
+
+    def matches(self, pod: str) -> bool:
+        """True when this cut applies to a follow of `pod` and has uses left."""
+        if self.times is not None and self.hits >= self.times:
+            return False
+        return self.pod is None or self.pod == pod
+
+
+def parse_time(stamp: str) -> float:
+    """RFC 3339 (fractional seconds up to nanoseconds allowed) -> epoch seconds."""
+    text = stamp.strip().replace("z", "Z")
+    if "." in text:  # Python parses at most microseconds: drop the extra digits of RFC3339Nano
+        head, _, rest = text.partition(".")
+        digits = rest[: len(rest) - len(rest.lstrip("0123456789"))]
+        text = f"{head}.{digits[:6].ljust(6, '0')}{rest[len(digits) :]}"
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 class PodLogs:
     """Logs keyed by (namespace, pod, container); `previous` keeps the last restart's log."""
 
@@ -22,7 +54,26 @@ class PodLogs:
         self._cond = threading.Condition()
         self._current: dict[tuple[str, str, str], LogBuffer] = {}
         self._previous: dict[tuple[str, str, str], LogBuffer] = {}
+        self._cuts: list[StreamCut] = []
         self.stopped = threading.Event()
+
+    def cut_streams(
+        self, times: int | None = 1, *, after_lines: int = 0, pod: str | None = None, abrupt: bool = True
+    ) -> StreamCut:
+        """Arm a cut of the next `times` follow streams (of `pod`, else any) after `after_lines` lines."""
+        cut = StreamCut(after_lines, times, pod, abrupt)
+        with self._cond:
+            self._cuts.append(cut)
+        return cut
+
+    def take_cut(self, pod: str) -> StreamCut | None:
+        """The first armed cut for a new follow of `pod`, with one use consumed."""
+        with self._cond:
+            for cut in self._cuts:
+                if cut.matches(pod):
+                    cut.hits += 1
+                    return cut
+        return None
 
     def start(self, namespace: str, pod: str, container: str) -> None:
         """Begin a fresh log for a container (the old one becomes `previous`)."""
@@ -78,9 +129,13 @@ class PodLogs:
         previous: bool = False,
         tail_lines: int | None = None,
         timestamps: bool = False,
+        since: float | None = None,
         stop: threading.Event | None = None,
     ) -> Iterator[bytes]:
-        """Yield log lines; with `follow`, keep yielding until the log closes or `stop` is set."""
+        """Yield log lines; with `follow`, keep yielding until the log closes or `stop` is set.
+
+        since: epoch seconds; only lines stamped at or after it (sinceTime / sinceSeconds).
+        """
         key = (namespace, pod, container)
         with self._cond:
             buffer = (self._previous if previous else self._current).get(key)
@@ -99,6 +154,8 @@ class PodLogs:
                     self._cond.wait(0.2)
                     continue
             for stamp, line in chunk:
+                if since is not None and parse_time(stamp) < since:
+                    continue
                 yield (stamp.encode() + b" " + line) if timestamps else line
             if finished and not chunk:
                 return
