@@ -4,7 +4,9 @@
     encoder.caption(image, text)          # pretraining: labels on the caption (+ end token) only
     encoder.conversation(image, turns)    # SFT: LLaVA turns, labels on assistant turns only
     encoder.text(text)                    # pure text, every token a target
-    encoder.encode(sample_meta, image, fmt, ...) -> TokenizedSample | Dropped
+    encoder.encode(sample_meta, image, fmt, ...) -> TokenizedSample | Dropped   (pixels made)
+    encoder.plan(sample_meta, ImageRef.of_bytes(raw), fmt, ...) -> TokenizedSample | Dropped
+    encoder.materialize(planned) -> TokenizedSample | Dropped                  (pixels made now)
 
 Images are tiled by the processor's image processor (InternVL dynamic tiling: up to
 `max_tiles` tiles + a thumbnail); each `<image>` placeholder becomes `<img>` + N*tiles context
@@ -12,17 +14,27 @@ tokens + `</img>`, N = the processor's image_seq_length. The rendered chat match
 `jobs.model.chat_prompt` (what generation sees): the image first in the user turn. A sample
 whose placeholders do not match its images, or that is too long, is returned as `Dropped`
 with a reason the stage counts.
+
+Two phases, so that training ranks decode only the images they train on: `plan` needs only
+the image's size (from its header: `ImageRef`) to know the tile count, hence the tokens, and
+returns a planned sample that packing can place; `materialize` decodes and tiles the pixels
+later and checks that they are as many tiles as planned (else IMAGE_TOKEN_MISMATCH). `encode`
+is both at once. An image whose header reads but whose pixels do not decode is found only by
+`materialize` (its BadSampleError reason is returned as the Dropped reason).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import io
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import torch
 from PIL import Image
 
+from jobs import shards as sh
 from jobs.packing import IGNORE, TokenizedSample
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -46,6 +58,40 @@ class Dropped:
 
     reason: str
     detail: str = ""
+
+
+class ImageRef:
+    """An image known by its size; its pixels are decoded only when `load` is called."""
+
+    def __init__(self, size: tuple[int, int], load: Callable[[], Image.Image]) -> None:
+        self.size = size  # (width, height), as PIL gives it
+        self.load = load
+
+    @classmethod
+    def of_image(cls, image: Image.Image) -> ImageRef:
+        """An already decoded image."""
+        return cls(image.size, lambda: image)
+
+    @classmethod
+    def of_bytes(cls, data: bytes, max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> ImageRef:
+        """Encoded bytes: the header is read now (BadSampleError if unusable), pixels on `load`."""
+        return cls(probe_image(data, max_pixels), lambda: sh.decode_image(data, max_pixels=max_pixels))
+
+
+def probe_image(data: bytes, max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from the header, with `decode_image`'s header guards and reasons."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                w, h = img.size
+    except Exception:
+        # The header does not read: decoding fails at the same point and names the reason.
+        sh.decode_image(data, max_pixels=max_pixels)
+        raise sh.BadSampleError(sh.NOT_AN_IMAGE, "unreadable image header") from None
+    if w <= 0 or h <= 0 or w * h > max_pixels:
+        raise sh.BadSampleError(sh.DECOMPRESSION_BOMB, f"{w}x{h}")
+    return w, h
 
 
 def field_value(meta: dict[str, Any], path: str) -> Any:
@@ -75,6 +121,7 @@ class SampleEncoder:
         self.eos_id = int(self.tok.eos_token_id)
         self.pad_id = int(self.tok.pad_token_id)
         self.image_token = str(self.tok.context_image_token)
+        self._tile_shape: tuple[int, ...] | None = None
 
     # -- pieces ---------------------------------------------------------------------------
     def tiles(self, image: Image.Image) -> torch.Tensor:
@@ -84,6 +131,42 @@ class SampleEncoder:
                  return_tensors="pt")
         px: torch.Tensor = out["pixel_values"]
         return px
+
+    def tile_count(self, size: tuple[int, int]) -> int:
+        """How many tiles `tiles` makes of an image of this (width, height), without the pixels."""
+        w, h = size
+        n: int = self.processor.image_processor.get_number_of_image_patches(
+            h, w, {"crop_to_patches": self.max_tiles > 1, "max_patches": self.max_tiles})
+        return n
+
+    def _image(self, image: Image.Image | ImageRef | None) -> tuple[int, Callable[[], torch.Tensor]] | None:
+        """(planned tile count, how to make the tiles) of an image, or None without one."""
+        if image is None:
+            return None
+        ref = image if isinstance(image, ImageRef) else ImageRef.of_image(image)
+        return self.tile_count(ref.size), lambda: self.tiles(ref.load())
+
+    def materialize(self, sample: TokenizedSample) -> TokenizedSample | Dropped:
+        """Make a planned sample's pixel_values; they must be the planned number of tiles."""
+        if not sample.planned or sample.load_pixels is None:
+            return sample
+        try:
+            px = sample.load_pixels()
+        except sh.BadSampleError as err:  # the header read, the pixels do not
+            return Dropped(err.reason, err.detail)
+        if int(px.shape[0]) != sample.tiles:
+            return Dropped(IMAGE_TOKEN_MISMATCH, f"{int(px.shape[0])} tiles made, {sample.tiles} planned")
+        return replace(sample, pixel_values=px, load_pixels=None)
+
+    def blank(self, sample: TokenizedSample) -> TokenizedSample:
+        """The sample with no targets and black tiles: its sequence keeps its layout, it teaches nothing."""
+        if self._tile_shape is None:
+            self._tile_shape = tuple(self.tiles(Image.new("RGB", (8, 8))).shape[1:])
+        px = torch.zeros((sample.tiles, *self._tile_shape)) if sample.tiles else None
+        return replace(sample, labels=[IGNORE] * len(sample), pixel_values=px, load_pixels=None)
+
+    def _made(self, sample: TokenizedSample | Dropped) -> TokenizedSample | Dropped:
+        return sample if isinstance(sample, Dropped) else self.materialize(sample)
 
     def _ids(self, text: str) -> list[int]:
         ids: list[int] = self.tok(text, add_special_tokens=False)["input_ids"]
@@ -105,7 +188,7 @@ class SampleEncoder:
 
     def _check(self, sample: TokenizedSample) -> TokenizedSample | Dropped:
         """Validate the image-token count and apply the too-long policy."""
-        tiles = 0 if sample.pixel_values is None else int(sample.pixel_values.shape[0])
+        tiles = sample.tiles
         n_ctx = sum(1 for x in sample.input_ids if x == self.ctx_id)
         if n_ctx != tiles * self.tokens_per_tile:
             return Dropped(IMAGE_TOKEN_MISMATCH,
@@ -118,32 +201,43 @@ class SampleEncoder:
         last_end = max((i for i, x in enumerate(sample.input_ids) if x == self.end_id), default=-1)
         if last_end >= self.seq_len:
             return Dropped(TOO_LONG_IMAGE, f"image tokens end at {last_end + 1} > seq_len {self.seq_len}")
-        cut = TokenizedSample(sample.input_ids[:self.seq_len], sample.labels[:self.seq_len],
-                              sample.pixel_values, sample.source, truncated=True)
+        cut = replace(sample, input_ids=sample.input_ids[:self.seq_len], labels=sample.labels[:self.seq_len],
+                      truncated=True)
         if cut.target_tokens == 0:
             return Dropped(TOO_LONG, "no target token left after truncation")
         return cut
 
     # -- formats --------------------------------------------------------------------------
-    def caption(self, image: Image.Image | None, text: str, source: str = "") -> TokenizedSample | Dropped:
+    def caption(self, image: Image.Image | ImageRef | None, text: str,
+                source: str = "") -> TokenizedSample | Dropped:
         """Pretraining sample: image tokens, then the caption + end token as the targets."""
-        text = text.strip()
-        if not text:
-            return Dropped(NO_TEXT)
-        px = self.tiles(image) if image is not None else None
-        prefix = self._with_images(self.image_token + "\n", [int(px.shape[0])]) if px is not None else []
-        if self.image_token in text:
-            return Dropped(IMAGE_TOKEN_MISMATCH, "image token inside the caption text")
-        target = [*self._ids(text), self.eos_id]
-        return self._check(TokenizedSample([*prefix, *target], [IGNORE] * len(prefix) + target, px, source))
+        return self._made(self._caption(image, text, source))
 
     def text(self, text: str, source: str = "") -> TokenizedSample | Dropped:
         """Pure-text sample (keeps the LLM's language skills in pretraining): all tokens targets."""
         return self.caption(None, text, source)
 
-    def conversation(self, image: Image.Image | None, turns: Sequence[dict[str, Any]],
+    def conversation(self, image: Image.Image | ImageRef | None, turns: Sequence[dict[str, Any]],
                      source: str = "") -> TokenizedSample | Dropped:
         """LLaVA turns [{from: human|gpt, value}], `<image>` placeholders; targets: assistant turns."""
+        return self._made(self._conversation(image, turns, source))
+
+    def _caption(self, image: Image.Image | ImageRef | None, text: str,
+                 source: str) -> TokenizedSample | Dropped:
+        text = text.strip()
+        if not text:
+            return Dropped(NO_TEXT)
+        pending = self._image(image)
+        tiles = pending[0] if pending else 0
+        prefix = self._with_images(self.image_token + "\n", [tiles]) if pending else []
+        if self.image_token in text:
+            return Dropped(IMAGE_TOKEN_MISMATCH, "image token inside the caption text")
+        target = [*self._ids(text), self.eos_id]
+        return self._check(TokenizedSample([*prefix, *target], [IGNORE] * len(prefix) + target, None, source,
+                                           tiles=tiles, load_pixels=pending[1] if pending else None))
+
+    def _conversation(self, image: Image.Image | ImageRef | None, turns: Sequence[dict[str, Any]],
+                      source: str) -> TokenizedSample | Dropped:
         messages: list[dict[str, Any]] = []
         placeholders = 0
         for t in turns:
@@ -159,13 +253,14 @@ class SampleEncoder:
         n_images = 1 if image is not None else 0
         if placeholders != n_images:
             return Dropped(IMAGE_TOKEN_MISMATCH, f"{placeholders} <image> placeholders for {n_images} images")
-        px = self.tiles(image) if image is not None else None
-        tiles = [int(px.shape[0])] if px is not None else []
+        pending = self._image(image)
+        tiles = [pending[0]] if pending else []
         try:
             ids, labels = self._turn_tokens(messages, tiles)
         except _Mismatch as err:
             return Dropped(IMAGE_TOKEN_MISMATCH, str(err))
-        return self._check(TokenizedSample(ids, labels, px, source))
+        return self._check(TokenizedSample(ids, labels, None, source, tiles=sum(tiles),
+                                           load_pixels=pending[1] if pending else None))
 
     def _turn_tokens(self, messages: list[dict[str, Any]], tiles: list[int]) -> tuple[list[int], list[int]]:
         """Token ids and labels of a rendered conversation; labels on assistant replies only."""
@@ -221,23 +316,29 @@ class SampleEncoder:
         return out
 
     # -- dispatch -------------------------------------------------------------------------
-    def encode(self, meta: dict[str, Any], image: Image.Image | None, fmt: Format = "auto", *,
+    def encode(self, meta: dict[str, Any], image: Image.Image | ImageRef | None, fmt: Format = "auto", *,
                text_fields: Sequence[str] = ("recaption", "caption", "text"), prompt: str | None = None,
                source: str = "") -> TokenizedSample | Dropped:
-        """One sample's json (+ decoded image) in the mix entry's format."""
+        """One sample's json (+ image) in the mix entry's format, pixel_values made."""
+        return self._made(self.plan(meta, image, fmt, text_fields=text_fields, prompt=prompt, source=source))
+
+    def plan(self, meta: dict[str, Any], image: Image.Image | ImageRef | None, fmt: Format = "auto", *,
+             text_fields: Sequence[str] = ("recaption", "caption", "text"), prompt: str | None = None,
+             source: str = "") -> TokenizedSample | Dropped:
+        """Like `encode`, but the pixels are left to `materialize`: tokens and tile count only."""
         if fmt == "auto":
             fmt = "conversation" if "conversations" in meta else "caption"
         if fmt == "conversation":
             turns = meta.get("conversations")
             if not isinstance(turns, list) or not turns:
                 return Dropped(BAD_CONVERSATION, "no conversations list")
-            return self.conversation(image, turns, source)
+            return self._conversation(image, turns, source)
         texts = (meta.get(f) for f in text_fields)
         text = next((t for t in texts if isinstance(t, str) and t.strip()), "")
         if not text:
             return Dropped(NO_TEXT, f"none of {list(text_fields)}")
         if fmt == "text":
-            return self.text(text, source)
+            return self._caption(None, text, source)
         if image is None:
             return Dropped(NO_IMAGE)
         if prompt is not None:  # SFT on captions: ask, then answer with the caption
@@ -249,8 +350,8 @@ class SampleEncoder:
                     return Dropped(PROMPT_FIELD_MISSING, str(err))
             turns = [{"from": "human", "value": f"{IMAGE_PLACEHOLDER}\n{prompt}"},
                      {"from": "gpt", "value": text}]
-            return self.conversation(image, turns, source)
-        return self.caption(image, text, source)
+            return self._conversation(image, turns, source)
+        return self._caption(image, text, source)
 
 
 class _Mismatch(ValueError):

@@ -11,6 +11,8 @@ with `order_by` a source is instead read fully into memory and sorted by that js
 (the SFT curriculum option; meant for SFT-sized sets). When a source runs out it starts a new
 epoch and says so in the log: a budget larger than the data repeats it. The same arguments
 always give the same sequence, which is what lets a resumed run replay its data position.
+Images stay encoded bytes here: jobs.train plans samples from the image header and decodes
+only the images of the sequences its rank trains on.
 """
 
 from __future__ import annotations

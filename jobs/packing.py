@@ -7,12 +7,14 @@ mask is not applied). The first token of each sample gets label -100: unpacked, 
 target either, so the summed loss equals the unpacked batch's exactly.
 
 `StreamPacker` is the pure planning part (lengths in, bins out); `collate_packed` and
-`collate_padded` build the tensors.
+`collate_padded` build the tensors. Packing places *planned* samples (tokens and tile count,
+pixels not yet made, see `TokenizedSample`); collating one is an error: jobs.train makes the
+pixels of a rank's own sequences first (jobs.data.SampleEncoder.materialize).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -22,16 +24,28 @@ IGNORE = -100
 
 @dataclass(eq=False)
 class TokenizedSample:
-    """One sample ready for training: ids, labels (-100 = not a target), its image tiles."""
+    """One sample ready for training: ids, labels (-100 = not a target), its image tiles.
+
+    A *planned* sample has its tokens but not yet its pixels: `tiles` says how many image
+    tiles its image tokens stand for and `load_pixels` produces them (jobs.data materializes
+    it); packing needs only the length, so pixels are made only for the sequences trained on.
+    """
 
     input_ids: list[int]
     labels: list[int]
     pixel_values: torch.Tensor | None = field(default=None, repr=False)  # (tiles, 3, H, W), in order
     source: str = ""
     truncated: bool = False
+    tiles: int = 0  # image tiles behind the image tokens (== pixel_values.shape[0] once made)
+    load_pixels: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def planned(self) -> bool:
+        """True while the pixels are still to be made."""
+        return self.pixel_values is None and self.load_pixels is not None
 
     @property
     def target_tokens(self) -> int:
@@ -108,6 +122,8 @@ def fill_rate(batches: Sequence[dict[str, torch.Tensor]]) -> float:
 
 
 def _pixels(samples: Sequence[TokenizedSample]) -> torch.Tensor | None:
+    if any(s.planned for s in samples):
+        raise ValueError("collate of a planned sample: materialize its pixel_values first (jobs.data)")
     tiles = [s.pixel_values for s in samples if s.pixel_values is not None and len(s.pixel_values)]
     return torch.cat(tiles, dim=0) if tiles else None
 

@@ -11,7 +11,13 @@ AdamW with warmup + cosine on the fraction of the budget done; DeepSpeed ZeRO (j
 
 Every rank reads the same stream and packs the same sequences, then trains on its share: the
 data position is one number (sequences consumed) that replays exactly on resume, and the loss
-normaliser (target tokens of the whole global batch) needs no communication.
+normaliser (target tokens of the whole global batch) is known on every rank. The packing needs
+only each sample's token count, so samples are *planned* (jobs.data.SampleEncoder.plan: text
+tokens + the tile count from the image header, no pixel decoding) and a rank decodes and tiles
+the images of its own sequences only (`materialize`); a resume's replay decodes no image at
+all. An image whose header reads but whose pixels do not is found by the rank that trains it:
+that sample is blanked (no targets, black tiles: the sequences keep their layout on every rank)
+and its targets leave the normaliser through one small all-reduce per step.
 Checkpoints every `checkpoint_every` steps and at the end of each sub-stage (jobs.checkpoint);
 on start the newest valid one is resumed: weights, optimizer, step, data position, RNG.
 Rank 0 writes progress.json (step, tokens vs budget, loss, tokens/s, ETA), a loss curve PNG,
@@ -40,7 +46,7 @@ from jobs import model as vlm
 from jobs import shards as sh
 from jobs.attention import use_packed_attention
 from jobs.checkpoint import Checkpointer, TrainState
-from jobs.data import TRUNCATED, Dropped, SampleEncoder
+from jobs.data import TRUNCATED, Dropped, ImageRef, SampleEncoder
 from jobs.engine import init_distributed, make_engine
 from jobs.mixstream import MixStream
 from jobs.modelref import resolve_model_ref
@@ -117,7 +123,8 @@ class Trainer:
         self.ckpt = Checkpointer(CheckpointLedger(stage.store, stage.ctx.run, stage.ctx.stage),
                                  rank=self.rank, world_size=self.world, keep_latest=cfg.keep_latest,
                                  tmp_root=self.tmp)
-        self.dropped: Counter[str] = Counter()
+        self.dropped: Counter[str] = Counter()  # found while planning: the same on every rank
+        self.lost: Counter[str] = Counter()  # pixels that failed on this rank's own sequences
         self.started = time.monotonic()
         self._last_progress = float("-inf")
         self.log = log.bind(run=stage.ctx.run, stage=stage.ctx.stage, rank=self.rank)
@@ -139,19 +146,19 @@ class Trainer:
 
     # -- data -------------------------------------------------------------------------------
     def bins(self, sub: SubStage, encoder: SampleEncoder, stream: MixStream) -> Iterator[Bin]:
-        """Training sequences of a sub-stage: packed (or one sample per row for the baseline)."""
+        """Planned training sequences of a sub-stage: packed (or one sample per row for the baseline)."""
         packer = StreamPacker(self.cfg.seq_len)
         for idx, sample in stream:
             entry = sub.mix[idx]
             image = None
             if sample.image_ext and entry.format != "text":
                 try:
-                    image = sample.decode()
+                    image = ImageRef.of_bytes(sample.image_bytes)  # the header only: pixels later
                 except sh.BadSampleError as err:
                     self.dropped[err.reason] += 1
                     continue
-            enc = encoder.encode(sample.meta, image, entry.format, text_fields=entry.text_fields,
-                                 prompt=entry.prompt, source=entry.prefix)
+            enc = encoder.plan(sample.meta, image, entry.format, text_fields=entry.text_fields,
+                               prompt=entry.prompt, source=entry.prefix)
             if isinstance(enc, Dropped):
                 self.dropped[enc.reason] += 1
                 continue
@@ -162,6 +169,24 @@ class Trainer:
             else:
                 yield Bin([enc], len(enc))
 
+    def materialize(self, bins: Sequence[Bin], encoder: SampleEncoder) -> tuple[list[Bin], int]:
+        """This rank's sequences with their pixels made; (sequences, target tokens blanked)."""
+        out: list[Bin] = []
+        blanked = 0
+        for b in bins:
+            items = []
+            for s in b.items:
+                made = encoder.materialize(s)
+                if isinstance(made, Dropped):
+                    self.lost[made.reason] += 1
+                    self.log.warning("sample blanked: its image does not decode", reason=made.reason,
+                                     detail=made.detail[:200], source=s.source)
+                    blanked += s.target_tokens
+                    made = encoder.blank(s)
+                items.append(made)
+            out.append(Bin(items, b.used))
+        return out, blanked
+
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
         _dist_env(self.world)
@@ -169,6 +194,8 @@ class Trainer:
         model, processor = self.build_model()
         restored = self.ckpt.restore(model)
         state, optim_state = restored if restored is not None else (TrainState(), None)
+        if self.cuda:
+            torch.cuda.set_device(self.device)  # object collectives on NCCL use the current device
         if restored is not None:
             self.log.info("resumed from checkpoint", global_step=state.global_step, substage=state.substage,
                           step=state.step, tokens=state.tokens)
@@ -197,9 +224,9 @@ class Trainer:
                              "weights resumed, optimizer restarted", substage=sub.name)
         stream = MixStream(self.stage.store, sub.mix, seed=self.cfg.seed + 1000 * state.substage,
                            order_by=self.order_by, descending=self.descending)
-        self.dropped = Counter()
+        self.dropped, self.lost = Counter(), Counter()
         bins = self.bins(sub, encoder, stream)
-        for _ in range(state.bins):  # replay the data position of a resumed run
+        for _ in range(state.bins):  # replay the data position of a resumed run: planning only, no pixels
             next(bins)
         self.dropped = Counter()  # replayed samples were counted by the earlier attempt
         self.log.info("sub-stage starts", substage=sub.name, train=sub.train, budget=sub.token_budget,
@@ -212,7 +239,13 @@ class Trainer:
             real = sum(b.used for b in step_bins)
             targets = sum(s.target_tokens for b in step_bins for s in b.items)
             engine.set_lr(lr_at(sub, progress_of(sub, state.tokens + real, state.step + 1)))
-            mine = step_bins[self.rank * per_rank:(self.rank + 1) * per_rank]
+            own = step_bins[self.rank * per_rank:(self.rank + 1) * per_rank]
+            mine, blanked = self.materialize(own, encoder)  # the only pixel work: this rank's sequences
+            if self.world > 1:
+                lost_targets = torch.tensor(blanked, dtype=torch.long, device=self.device)
+                tdist.all_reduce(lost_targets)
+                blanked = int(lost_targets)
+            targets -= blanked
             loss_sum = torch.zeros((), dtype=torch.float64)
             for i in range(0, len(mine), sub.micro_batch):
                 micro = mine[i:i + sub.micro_batch]
@@ -221,6 +254,7 @@ class Trainer:
                 loss_sum += part.detach().double().cpu()
             engine.step()
             if self.world > 1:
+                loss_sum = loss_sum.to(self.device)  # NCCL reduces device tensors only
                 tdist.all_reduce(loss_sum)
             loss = float(loss_sum) / max(targets, 1)
             state.step += 1
@@ -234,18 +268,27 @@ class Trainer:
             self.write_progress(sub, state, loss, rate, force=progress_of(sub, state.tokens, state.step) >= 1)
             if state.step % self.cfg.checkpoint_every == 0 and progress_of(sub, state.tokens, state.step) < 1:
                 self.ckpt.save(model, engine.optimizer_state(), state)
+        dropped = self.dropped + self.all_ranks(self.lost)
         state.summaries.append({
             "substage": sub.name, "steps": state.step, "tokens": state.tokens, "budget": sub.token_budget,
             "final_loss": loss, "train": list(sub.train), "epochs": stream.epochs,
-            "dropped": dict(self.dropped), "tokens_per_s": round((state.tokens - tok0) /
+            "dropped": dict(dropped), "tokens_per_s": round((state.tokens - tok0) /
                                                                  max(time.monotonic() - t0, 1e-9), 1)})
         self.log.info("sub-stage done", substage=sub.name, steps=state.step, tokens=state.tokens,
-                      final_loss=loss, epochs=stream.epochs, dropped=dict(self.dropped))
+                      final_loss=loss, epochs=stream.epochs, dropped=dict(dropped))
         state.substage += 1
         state.step = state.tokens = state.bins = 0
         state.finished = state.substage >= len(self.substages)
         self.ckpt.save(model, {}, state)  # the sub-stage's final weights; the next starts a new optimizer
         return model
+
+    def all_ranks(self, counts: Counter[str]) -> Counter[str]:
+        """The sum of a per-rank counter over all ranks."""
+        if self.world == 1:
+            return Counter(counts)
+        gathered: list[Counter[str] | None] = [None] * self.world
+        tdist.all_gather_object(gathered, counts)
+        return sum((c for c in gathered if c is not None), Counter())
 
     def micro_loss(self, model: torch.nn.Module, micro: list[Bin], encoder: SampleEncoder) -> torch.Tensor:
         """Summed token cross-entropy of one micro batch (packed or padded)."""
