@@ -177,22 +177,22 @@ class KubernetesBackend(Backend):
                     return BackendError(namespace_missing_message(call.namespace))
         return final_error(err, call, self.host)
 
-    def _get_job(self, name: str, namespace: str) -> Obj | None:
-        call = Call("get", PLURAL, GROUP, namespace, name)
+    def _job_call(self, fn: Callable[[], Any], call: Call) -> Any | None:
+        """A PyTorchJob API call; None when the job is absent, a one-line error otherwise."""
         try:
-            job: Obj = call_api(
-                lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
-                call,
-                host=self.host,
-                deadline_s=self.retry_seconds,
-                translate=False,
-            )
+            return call_api(fn, call, host=self.host, deadline_s=self.retry_seconds, translate=False)
         except ApiException as err:
             if is_object_not_found(err, PLURAL):
                 return None
-            if err.status == 404:
+            if err.status == 404:  # not the job but the namespace or the CRD is missing
                 raise self._explain_404(err, call) from None
             raise final_error(err, call, self.host) from None
+
+    def _get_job(self, name: str, namespace: str) -> Obj | None:
+        job: Obj | None = self._job_call(
+            lambda: self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
+            Call("get", PLURAL, GROUP, namespace, name),
+        )
         return job
 
     def _list_pods(self, ref: AttemptRef, namespace: str) -> list[Obj]:
@@ -401,23 +401,12 @@ class KubernetesBackend(Backend):
 
     def _delete(self, ref: AttemptRef, ns: str) -> None:
         body = k8s.V1DeleteOptions(propagation_policy="Foreground")
-        call = Call("delete", PLURAL, GROUP, ns, ref.name)
-        try:
-            call_api(
-                lambda: self.custom.delete_namespaced_custom_object(
-                    GROUP, VERSION, ns, PLURAL, ref.name, body=body
-                ),
-                call,
-                host=self.host,
-                deadline_s=self.retry_seconds,
-                translate=False,
-            )
-        except ApiException as err:
-            if is_object_not_found(err, PLURAL):
-                return
-            if err.status == 404:
-                raise self._explain_404(err, call) from None
-            raise final_error(err, call, self.host) from None
+        self._job_call(  # an absent job is already deleted
+            lambda: self.custom.delete_namespaced_custom_object(
+                GROUP, VERSION, ns, PLURAL, ref.name, body=body
+            ),
+            Call("delete", PLURAL, GROUP, ns, ref.name),
+        )
 
     def cancel(self, ref: AttemptRef) -> None:
         """Archive the pods' logs, then delete the job with foreground propagation."""

@@ -1,13 +1,18 @@
-"""Pipelines for the Kubernetes backend tests: realistic stages built in code, no files needed."""
+"""Fixtures for the Kubernetes backend tests: pipelines built in code, a fake cluster, a file store."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fakecluster import ClusterDriver
 from k8s_pipelines import make_pipeline
 
 from sailk8s.spec import Pipeline
+from sailk8s.store import open_store
+from sailk8s.store.base import ObjectStore
+from sailk8s.testing.apiserver import FakeKubernetes
 
 CRD = Path(__file__).resolve().parents[3] / "shared" / "crds" / "kubeflow.org_pytorchjobs.yaml"
 
@@ -23,3 +28,21 @@ def crd_path() -> Path:
         pytest.skip(f"PyTorchJob CRD not found at {CRD}")
     pytest.importorskip("jsonschema")
     return CRD
+
+
+@pytest.fixture
+def kube() -> Iterator[FakeKubernetes]:
+    """A fake API server with the `sail` namespace."""
+    with FakeKubernetes(namespaces=("sail",)) as k:
+        yield k
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ObjectStore:
+    (tmp_path / "store").mkdir()
+    return open_store(f"file://{tmp_path / 'store'}")
+
+
+@pytest.fixture
+def cluster(kube: FakeKubernetes) -> ClusterDriver:
+    return ClusterDriver(kube)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from fakecluster import ClusterDriver
@@ -15,25 +13,12 @@ from sailk8s.backends.kube_logfollow import Backoff, LogCursor, split_stamp
 from sailk8s.backends.kubernetes import KubernetesBackend
 from sailk8s.errors import BackendError
 from sailk8s.spec import Pipeline
-from sailk8s.store import open_store
 from sailk8s.store.base import ObjectStore
 from sailk8s.testing import podstatus as ps
 from sailk8s.testing.apiserver import FakeKubernetes
 
 NS = "sail"
 C = "pytorch"
-
-
-@pytest.fixture
-def kube() -> Iterator[FakeKubernetes]:
-    with FakeKubernetes(namespaces=(NS,)) as k:
-        yield k
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> ObjectStore:
-    (tmp_path / "store").mkdir()
-    return open_store(f"file://{tmp_path / 'store'}")
 
 
 @pytest.fixture
@@ -45,11 +30,6 @@ def backend(kube: FakeKubernetes, store: ObjectStore) -> KubernetesBackend:
         retry_seconds=1.5,
         recheck_seconds=0.2,
     )
-
-
-@pytest.fixture
-def cluster(kube: FakeKubernetes) -> ClusterDriver:
-    return ClusterDriver(kube)
 
 
 def T() -> str:
