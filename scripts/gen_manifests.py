@@ -33,7 +33,11 @@ def render_chart(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     import helm_python as helm  # a ~270 MB native library: load it only when rendering
 
     with helm.Chart.load(CHART) as chart:
-        rendered = chart.render(values or {}, name=RELEASE, namespace=NAMESPACE)
+        return parse_render(chart.render(values or {}, name=RELEASE, namespace=NAMESPACE))
+
+
+def parse_render(rendered: dict[str, str]) -> list[dict[str, Any]]:
+    """All objects of a render (NOTES.txt excluded), in a stable order."""
     objects: list[dict[str, Any]] = []
     for path in sorted(rendered):
         if path.endswith("NOTES.txt"):

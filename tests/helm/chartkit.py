@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
+# The chart -> objects parsing the manifests generator uses; the tests use the same one.
+sys.path.insert(0, str(ROOT / "scripts"))
+from gen_manifests import NAMESPACE as NAMESPACE  # noqa: E402
+from gen_manifests import RELEASE as RELEASE  # noqa: E402
+from gen_manifests import is_hook as is_hook  # noqa: E402
+from gen_manifests import parse_render as parse_render  # noqa: E402
+
+sys.path.pop(0)
 CHART_DIR = ROOT / "helm" / "sail-pipeline"
 CI_DIR = CHART_DIR / "ci"
-RELEASE = "sail-pipeline"
-NAMESPACE = "sail"
 
 Objects = list[dict[str, Any]]
 
@@ -23,20 +30,6 @@ def ci_values() -> dict[str, dict[str, Any]]:
 
 # "default" renders values.yaml alone; the others layer a ci/ file on top of it.
 VALUE_SETS: dict[str, dict[str, Any]] = {"default": {}, **ci_values()}
-
-
-def parse_render(rendered: dict[str, str]) -> Objects:
-    """All objects of a render (NOTES.txt excluded), in a stable order."""
-    objects: Objects = []
-    for path in sorted(rendered):
-        if path.endswith("NOTES.txt"):
-            continue
-        objects.extend(doc for doc in yaml.safe_load_all(rendered[path]) if doc)
-    return objects
-
-
-def is_hook(obj: dict[str, Any]) -> bool:
-    return "helm.sh/hook" in (obj["metadata"].get("annotations") or {})
 
 
 def find(objects: Objects, kind: str, component: str | None = None) -> Objects:
