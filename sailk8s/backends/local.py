@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
+from sailk8s.backends.procs import pid_alive, proc_start_time
 from sailk8s.backends.storelock import StoreRunLock
 from sailk8s.envcontract import stage_command, stage_env
 from sailk8s.errors import BackendError, ObjectNotFound, StoreError
@@ -46,33 +47,6 @@ def default_root() -> Path:
     """Where attempt directories live: $SAIL_LOCAL_DIR or ~/.cache/sail-pipeline/local."""
     env = os.environ.get("SAIL_LOCAL_DIR")
     return Path(env) if env else Path.home() / ".cache" / "sail-pipeline" / "local"
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def _alive(pid: int, start_time: str | None) -> bool:
-    """Whether pid runs and is the process we started (not a zombie, not a reused pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        if state == "Z":
-            return False
-    except OSError:
-        pass
-    return start_time is None or _proc_start_time(pid) in (None, start_time)
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -177,7 +151,7 @@ class LocalBackend(Backend):
             json.dumps(
                 {
                     "pid": proc.pid,
-                    "start_time": _proc_start_time(proc.pid),
+                    "start_time": proc_start_time(proc.pid),
                     "submitted_at": time.time(),
                     "command": self.command(stage),
                 }
@@ -208,7 +182,7 @@ class LocalBackend(Backend):
                 message="the attempt was claimed but never started",
                 started_at=started,
             )
-        if _alive(int(sup["pid"]), sup.get("start_time")):
+        if pid_alive(int(sup["pid"]), sup.get("start_time")):
             phase = Phase.RUNNING if (d / "child.json").exists() else Phase.PENDING
             return AttemptStatus(phase, started_at=started, details={"log": str(d / "attempt.log")})
         # The supervisor died without an exit record (kill -9, reboot): the processes are gone.
@@ -304,7 +278,7 @@ class LocalBackend(Backend):
             return
         d = self.attempt_dir(ref)
         sup = _read_json(d / "supervisor.json")
-        if sup is not None and _alive(int(sup["pid"]), sup.get("start_time")):
+        if sup is not None and pid_alive(int(sup["pid"]), sup.get("start_time")):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(sup["pid"]), signal.SIGTERM)
             st = self.wait(ref, timeout=self.grace_seconds + 5)

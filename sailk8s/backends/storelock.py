@@ -11,19 +11,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sailk8s.backends.base import LockLost, RunLock
+from sailk8s.backends.procs import pid_alive
 from sailk8s.errors import ObjectNotFound
 from sailk8s.runstate import lock_key
 from sailk8s.store.base import ObjectStore
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class StoreRunLock(RunLock):
@@ -71,7 +62,7 @@ class StoreRunLock(RunLock):
         if float(lease.get("expires_at", 0)) <= self.clock():
             return False
         if lease.get("host") == socket.gethostname() and isinstance(lease.get("pid"), int):
-            return lease["pid"] == os.getpid() or _pid_alive(lease["pid"])
+            return lease["pid"] == os.getpid() or pid_alive(lease["pid"])
         return True
 
     def _write(self, acquired_at: float | None = None) -> None:
