@@ -44,6 +44,18 @@ def init_distributed(world_size: int, *, cuda: bool) -> None:
         tdist.init_process_group(backend="nccl" if cuda else "gloo")
 
 
+def shutdown_distributed() -> None:
+    """Wait for every rank, then tear the process group down before the interpreter exits.
+
+    A rank that exits while rank 0 still exports, with the group alive, can abort in gloo's
+    destructor ("terminate called without an active exception", exit -6): a clean run then
+    looks like a failed one.
+    """
+    if tdist.is_initialized():
+        tdist.barrier()
+        tdist.destroy_process_group()
+
+
 class TorchEngine:
     """Plain torch: AdamW, gradients summed over ranks by all-reduce, norm clipping."""
 

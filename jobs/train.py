@@ -47,7 +47,7 @@ from jobs import shards as sh
 from jobs.attention import use_packed_attention
 from jobs.checkpoint import Checkpointer, TrainState
 from jobs.data import TRUNCATED, Dropped, ImageRef, SampleEncoder
-from jobs.engine import init_distributed, make_engine
+from jobs.engine import init_distributed, make_engine, shutdown_distributed
 from jobs.mixstream import MixStream
 from jobs.modelref import resolve_model_ref
 from jobs.packing import IGNORE, Bin, StreamPacker, collate_packed, collate_padded
@@ -207,6 +207,7 @@ class Trainer:
             optim_state = None
         report = self.finish(model, processor, state)
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutdown_distributed()
         return report
 
     def run_substage(self, model: torch.nn.Module, encoder: SampleEncoder, state: TrainState,
