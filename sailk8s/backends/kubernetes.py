@@ -369,15 +369,24 @@ class KubernetesBackend(Backend):
         finally:
             job_watch.stop()
             pod_watch.stop()
+        # The job's watch can run ahead of the pods' watch (a Succeeded or Failed job whose pods,
+        # or their exit codes, the pod watch has not delivered yet): one fresh list settles it.
+        pods = self._settled_pods(ref, ns, pod_watch.objects())
         if st.phase == Phase.FAILED and st.exit_code is None and job is not None and not seen:
-            # The job's watch can deliver Failed before the pods' watch delivers the exit code
-            # that classifies it: one fresh list settles it.
-            st = self._derive(job, self._list_pods(ref, ns))
-        self.archive_logs(ref, pod_watch.objects())
+            st = self._derive(job, pods)
+        self.archive_logs(ref, pods)
         if job is not None and not kube_status.job_finished(job):
             log.warning("ending attempt failed on pod evidence", job=ref.name, reason=st.reason)
             self._delete(ref, ns)
         return st
+
+    def _settled_pods(self, ref: AttemptRef, ns: str, cached: list[Obj]) -> list[Obj]:
+        """The attempt's pods from a fresh list; the watch's cache when the list fails."""
+        try:
+            return self._list_pods(ref, ns)
+        except SailError as err:
+            log.warning("could not list pods; using the watch's view", job=ref.name, error=str(err))
+            return cached
 
     def _vanished(self, ref: AttemptRef) -> AttemptStatus:
         """The job is gone while we wait: cancelled by us, or deleted by someone else."""

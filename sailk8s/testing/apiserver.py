@@ -374,6 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
                 raise ApiError(400, "BadRequest", f"invalid resourceVersion {raw_rv!r}") from exc
         timeout = float(query["timeoutSeconds"]) if query.get("timeoutSeconds") else kube.watch_timeout
         fault = kube.faults.take_watch_fault(self._record.path)
+        lag = kube.faults.watch_lag(self._record.path)
         stop = kube._open_watch()
         bookmarks = query.get("allowWatchBookmarks", "").lower() == "true"
         as_table = "as=Table" in self.headers.get("Accept", "")  # kubectl get -w
@@ -386,6 +387,8 @@ class _Handler(BaseHTTPRequestHandler):
                 event = next(events, None)
                 if event is None:
                     break
+                if lag:
+                    time.sleep(lag)
                 if as_table and event["type"] != "ERROR":
                     event = {"type": event["type"], "object": self._table(rtype, [event["object"]], query)}
                 self._chunk(json.dumps(event).encode() + b"\n")

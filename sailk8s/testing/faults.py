@@ -50,6 +50,18 @@ class WatchFault:
         return not self.path or re.search(self.path, path) is not None
 
 
+@dataclass
+class WatchLag:
+    """Delay every event of matching watch streams: one watch running behind another."""
+
+    seconds: float
+    path: str | None = None
+
+    def matches(self, path: str) -> bool:
+        """True when this lag applies to a watch on `path`."""
+        return not self.path or re.search(self.path, path) is not None
+
+
 _REASONS = {
     400: "BadRequest",
     401: "Unauthorized",
@@ -76,6 +88,7 @@ class FaultPlan:
 
     requests: list[RequestFault] = field(default_factory=list)
     watches: list[WatchFault] = field(default_factory=list)
+    lags: list[WatchLag] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def fail(
@@ -128,11 +141,24 @@ class FaultPlan:
             self.watches.append(fault)
         return fault
 
+    def lag_watch(self, seconds: float, *, path: str | None = None) -> WatchLag:
+        """Send each event of matching watch streams `seconds` late (until cleared)."""
+        lag = WatchLag(seconds, path)
+        with self._lock:
+            self.lags.append(lag)
+        return lag
+
+    def watch_lag(self, path: str) -> float:
+        """Seconds by which each event of a watch on `path` is held back."""
+        with self._lock:
+            return sum(lag.seconds for lag in self.lags if lag.matches(path))
+
     def clear(self) -> None:
         """Disarm every fault."""
         with self._lock:
             self.requests.clear()
             self.watches.clear()
+            self.lags.clear()
 
     def take_request_fault(self, method: str, path: str, is_watch: bool) -> RequestFault | None:
         """The first armed request fault for this request, with one use consumed."""

@@ -201,6 +201,19 @@ def _later(delay: float, fn) -> threading.Thread:  # type: ignore[no-untyped-def
     return t
 
 
+def _run_two_ranks(cluster: ClusterDriver, job: str, log0: str, log1: str) -> None:
+    """Play a 2-node attempt that runs, logs and succeeds."""
+    cluster.set_conditions(job, "Created")
+    master = cluster.add_pod(job, "master", 0, lambda p: ps.running(p, T(), T(), "10.0.0.1"))
+    worker = cluster.add_pod(job, "worker", 0, lambda p: ps.running(p, T(), T(), "10.0.0.2"))
+    cluster.set_conditions(job, "Created", "Running")
+    cluster.write_log(master, log0)
+    cluster.write_log(worker, log1)
+    for pod in (master, worker):
+        cluster.set_pod_status(pod, ps.terminated(cluster.pod(pod), T(), T(), 0, "Completed"))
+    cluster.set_conditions(job, "Created", "Running", "Succeeded")
+
+
 def test_wait_follows_a_job_to_success_and_archives_logs(
     backend: KubernetesBackend,
     kube: FakeKubernetes,
@@ -210,19 +223,8 @@ def test_wait_follows_a_job_to_success_and_archives_logs(
 ) -> None:
     ref = submit(backend, pipeline, "recaption")
 
-    def run_job() -> None:
-        cluster.set_conditions(ref.name, "Created")
-        master = cluster.add_pod(ref.name, "master", 0, lambda p: ps.running(p, T(), T(), "10.0.0.1"))
-        worker = cluster.add_pod(ref.name, "worker", 0, lambda p: ps.running(p, T(), T(), "10.0.0.2"))
-        cluster.set_conditions(ref.name, "Created", "Running")
-        cluster.write_log(master, "rank0 step 1\nrank0 done\n")
-        cluster.write_log(worker, "rank1 step 1\n")
-        cluster.set_pod_status(master, ps.terminated(cluster.pod(master), T(), T(), 0, "Completed"))
-        cluster.set_pod_status(worker, ps.terminated(cluster.pod(worker), T(), T(), 0, "Completed"))
-        cluster.set_conditions(ref.name, "Created", "Running", "Succeeded")
-
     kube.clear_requests()
-    _later(0.3, run_job)
+    _later(0.3, lambda: _run_two_ranks(cluster, ref.name, "rank0 step 1\nrank0 done\n", "rank1 step 1\n"))
     st = backend.wait(ref, timeout=20)
     assert st.phase == Phase.SUCCEEDED
     # Two lists + two watches (+ pod list and log reads for the archive): a constant, not a poll.
@@ -230,6 +232,23 @@ def test_wait_follows_a_job_to_success_and_archives_logs(
     assert store.get("runs/r1/recaption/attempts/1/logs/rank-0.log") == b"rank0 step 1\nrank0 done\n"
     assert not [t for t in threading.enumerate() if t.name.startswith("watch-")]  # watches closed
     assert store.get("runs/r1/recaption/attempts/1/logs/rank-1.log") == b"rank1 step 1\n"
+
+
+def test_wait_archives_every_rank_when_the_pod_watch_runs_behind(
+    backend: KubernetesBackend,
+    kube: FakeKubernetes,
+    cluster: ClusterDriver,
+    store: ObjectStore,
+    pipeline: Pipeline,
+) -> None:
+    """The job's Succeeded can arrive before the pod watch has delivered the pods: the archive
+    must still hold every rank's log (CI once lost rank 1's this way)."""
+    ref = submit(backend, pipeline, "recaption")
+    kube.faults.lag_watch(2.0, path="pods")
+    _later(0.3, lambda: _run_two_ranks(cluster, ref.name, "rank0 done\n", "rank1 done\n"))
+    assert backend.wait(ref, timeout=20).phase == Phase.SUCCEEDED
+    assert store.get("runs/r1/recaption/attempts/1/logs/rank-0.log") == b"rank0 done\n"
+    assert store.get("runs/r1/recaption/attempts/1/logs/rank-1.log") == b"rank1 done\n"
 
 
 def test_wait_survives_watch_drops_and_410(
@@ -250,7 +269,8 @@ def test_wait_survives_watch_drops_and_410(
     _later(0.3, run_job)
     assert backend.wait(ref, timeout=20).phase == Phase.SUCCEEDED
     assert kube.request_count(method="GET", path_contains="pytorchjobs", watch=False) == 2  # re-listed once
-    assert kube.request_count(method="GET", path_contains="pods", watch=False) == 1  # resumed, no re-list
+    # The first list and the final settling list; a drop resumed from its RV adds no re-list.
+    assert kube.request_count(method="GET", path_contains="pods", watch=False) == 2
     assert kube.request_count(method="GET", path_contains="pods", watch=True) >= 3
 
 
