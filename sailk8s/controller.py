@@ -35,6 +35,7 @@ from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, LockLost, 
 from sailk8s.errors import BackendError, ConfigError, ObjectNotFound, SailError, StoreError
 from sailk8s.exitcodes import FailureClass
 from sailk8s.failures import Action, decide, describe
+from sailk8s.ledger.claims import claim_outputs
 from sailk8s.runstate import (
     BLOCKED,
     CANCELLED,
@@ -50,6 +51,7 @@ from sailk8s.runstate import (
     RunState,
     StageState,
     cancel_requested,
+    changed_definitions,
     clear_cancel,
     done_shards,
     load_state,
@@ -130,18 +132,33 @@ class Controller:
         self._lock = lock
         self.on_event = on_event
         self.state = RunState(run=pipeline.run, backend=backend.name)
+        self.fingerprints = pipeline.fingerprints()
         self._mutex = threading.RLock()
         self._changed = threading.Condition(self._mutex)
         self._abort: BaseException | None = None
         self._stop_heartbeat = threading.Event()
 
     # -- public entry points ----------------------------------------------------------------
-    def run(self, only: Sequence[str] | None = None) -> RunState:
-        """Run every selected stage in dependency order; returns the final run state."""
+    def run(self, only: Sequence[str] | None = None, rerun: Sequence[str] = (),
+            rerun_changed: bool = False) -> RunState:
+        """Run every selected stage in dependency order; returns the final run state.
+
+        `rerun`: stages whose results are discarded first, with those of every stage below them.
+        `rerun_changed`: the same for every selected stage whose definition changed since its
+        results were made (idempotent, so safe in a Job that restarts; otherwise they are refused).
+        """
         selected = self._select(only)
+        named = [s.name for s in self._select(rerun, "--rerun")] if rerun else []
         with self._locked():
             clear_cancel(self.store, self.run_name)
             self._load()
+            if rerun_changed:
+                named += changed_definitions(self.state, self.fingerprints, [s.name for s in selected])
+            resets = self.pipeline.downstream(named) if named else []
+            self._check_definitions([s.name for s in selected if s.name not in resets])
+            self._claim([s for s in self.pipeline.order() if s.name in resets or s in selected], resets)
+            for name in resets:
+                self._reset_stage(self.pipeline.stage(name), self.state.stages[name])
             for stage in selected:
                 st = self.state.stages[stage.name]
                 if st.state in (FAILED, BLOCKED, CANCELLED):
@@ -161,6 +178,9 @@ class Controller:
             clear_cancel(self.store, self.run_name)
             self._load()
             st = self.state.stage(stage.name)
+            if not from_scratch:
+                self._check_definitions([stage.name])
+            self._claim([stage], [stage.name] if from_scratch else [])
             if from_scratch:
                 self._reset_stage(stage, st)
             elif st.state in (FAILED, CANCELLED, BLOCKED):
@@ -179,14 +199,14 @@ class Controller:
     def _locked(self) -> _LockScope:
         return _LockScope(self)
 
-    def _select(self, only: Sequence[str] | None) -> list[Stage]:
+    def _select(self, only: Sequence[str] | None, option: str = "--only") -> list[Stage]:
         order = self.pipeline.order()
         if not only:
             return order
         names = {s.name for s in order}
         unknown = [n for n in only if n not in names]
         if unknown:
-            raise ConfigError(f"--only: no stage named {', '.join(map(repr, unknown))} in run "
+            raise ConfigError(f"{option}: no stage named {', '.join(map(repr, unknown))} in run "
                               f"{self.run_name!r} (stages: {', '.join(s.name for s in order)})")
         return [s for s in order if s.name in set(only)]
 
@@ -201,6 +221,25 @@ class Controller:
                 self.state.started_at = self.clock()
             for s in self.pipeline.stages:
                 self.state.stage(s.name)
+
+    def _check_definitions(self, names: Sequence[str]) -> None:
+        """Refuse to reuse results made from another stage definition (they would be mixed)."""
+        changed = changed_definitions(self.state, self.fingerprints, names)
+        if changed:
+            raise ConfigError(
+                f"run {self.run_name!r} has results of {', '.join(map(repr, changed))} made with another "
+                "definition (kind, inputs, outputs or config, theirs or a stage's they depend on): reusing "
+                "them would mix old and new results. Run again with `--rerun "
+                f"{','.join(changed)}` (or `--rerun-changed`) to discard those results and redo the "
+                "stages and every stage below them, or restore the previous definition"
+            )
+
+    def _claim(self, stages: Sequence[Stage], resets: Sequence[str]) -> None:
+        """Claim the outputs this controller may write or delete: those of stages not done yet and
+        of those being reset (refused, before anything runs, when another run or stage owns them)."""
+        for stage in stages:
+            if stage.name in resets or self.state.stages[stage.name].state not in DONE:
+                claim_outputs(self.store, self.run_name, stage.name, stage.outputs)
 
     def _save(self) -> None:
         with self._mutex:
@@ -323,6 +362,7 @@ class Controller:
             with self._mutex:
                 if st.state not in DONE:
                     st.state, st.finished_at = SKIPPED, self.clock()
+                    st.fingerprint = st.fingerprint or self.fingerprints[stage.name]
                     self._save()
             log.info("stage already complete: skipped", stage=stage.name)
             self._emit("stage_skipped", stage=stage.name)
@@ -375,6 +415,7 @@ class Controller:
             now = self.clock()
             rec = AttemptRecord(attempt=k, name=ref.name, submitted_at=now)
             st.attempts.append(rec)
+            st.fingerprint = st.fingerprint or self.fingerprints[stage.name]
             st.state, st.next_retry_at, st.stalled = RUNNING, None, False
             st.started_at = st.started_at or now
             self._save()  # recorded first: a controller killed during submit adopts it by name
@@ -508,16 +549,23 @@ class Controller:
         self._submit_next(stage, st)
 
     def _reset_stage(self, stage: Stage, st: StageState) -> None:
-        """--attempt-from-scratch: forget done markers, checkpoints, progress and report."""
+        """--attempt-from-scratch / --rerun: forget done markers, checkpoints, progress and report,
+        and delete the stage's outputs (claimed by it first), so no stale shard outlives the rerun.
+
+        Attempt records stay: new attempts continue the numbering, so no job name is reused.
+        """
         for sub in ("done", "ckpt", "progress", "stats"):
             for key in list(self.store.list(stage_key(self.run_name, stage.name, sub) + "/")):
                 self.store.delete(key)
         for name in ("progress.json", "report.json"):
             self.store.delete(stage_key(self.run_name, stage.name, name))
-        st.state, st.cause, st.stalled = PENDING, None, False
+        for prefix in stage.outputs:
+            for key in list(self.store.list(prefix.strip("/") + "/")):
+                self.store.delete(key)
+        st.state, st.cause, st.stalled, st.fingerprint = PENDING, None, False, None
         st.app_failures = st.infra_failures = 0
         st.started_at = st.finished_at = st.next_retry_at = None
-        log.info("stage reset: starting from scratch", stage=stage.name)
+        log.info("stage reset: starting from scratch", stage=stage.name, outputs=stage.outputs)
 
 
 class _LockScope:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
@@ -92,6 +93,8 @@ class StageState(BaseModel):
     finished_at: float | None = None
     next_retry_at: float | None = None
     updated_at: float | None = None
+    # Pipeline.fingerprints() of the definition the stage's results were made with.
+    fingerprint: str | None = None
 
     @property
     def last(self) -> AttemptRecord | None:
@@ -168,3 +171,13 @@ def cancel_requested(req: dict[str, Any], stage: str) -> bool:
 def clear_cancel(store: ObjectStore, run: str) -> None:
     """Forget a cancel request (a new `run` or `submit` starts afresh)."""
     store.delete(cancel_key(run))
+
+
+def changed_definitions(state: RunState, fingerprints: dict[str, str], names: Iterable[str]) -> list[str]:
+    """Stages among `names` whose results were made from another definition than the current one."""
+    out = []
+    for name in names:
+        st = state.stages.get(name)
+        if st is not None and st.fingerprint is not None and st.fingerprint != fingerprints.get(name):
+            out.append(name)
+    return out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -207,6 +209,33 @@ class Pipeline(StrictModel):
     def order(self) -> list[Stage]:
         """Stages in a deterministic topological order (file order among ready stages)."""
         return [self.stage(n) for n in topo_order(self.stages)]
+
+    def fingerprints(self) -> dict[str, str]:
+        """Stage name -> hash of what decides its outputs: kind, inputs, outputs, parsed config,
+        and its dependencies' fingerprints (so a change upstream changes every stage below it).
+
+        Resources, retries, scheduling and the image are left out: they change how a stage
+        runs, not what it writes.
+        """
+        out: dict[str, str] = {}
+        for stage in self.order():
+            doc = {
+                "kind": stage.kind,
+                "inputs": stage.inputs,
+                "outputs": stage.outputs,
+                "config": stage.typed_config().model_dump(mode="json"),
+                "depends": {d: out[d] for d in sorted(stage.depends)},
+            }
+            out[stage.name] = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+        return out
+
+    def downstream(self, names: Iterable[str]) -> list[str]:
+        """The named stages and every stage that depends on them, directly or not, in run order."""
+        picked = set(names)
+        for stage in self.order():
+            if picked & set(stage.depends):
+                picked.add(stage.name)
+        return [s.name for s in self.order() if s.name in picked]
 
 
 def dag_problems(stages: Iterable[Stage]) -> Iterable[str]:

@@ -1,4 +1,4 @@
-"""`run -f FILE [--only a,b] [--run R]`: run a pipeline's stages in dependency order."""
+"""`run -f FILE [--only a,b] [--rerun c] [--rerun-changed] [--run R]`: stages in dependency order."""
 
 from __future__ import annotations
 
@@ -23,17 +23,24 @@ from sailk8s.cli.runtools import (
 @click.command()
 @FILE_OPTION
 @click.option("--only", default=None, help="Comma-separated stages to run (others are left alone).")
+@click.option("--rerun", default=None,
+              help="Comma-separated stages to redo: their results (outputs, done markers, checkpoints) "
+                   "and those of every stage below them are deleted first.")
+@click.option("--rerun-changed", is_flag=True,
+              help="Redo (as --rerun) the stages whose definition changed since their results were "
+                   "made, instead of stopping. Safe to repeat: a restarted controller resets nothing twice.")
 @click.option("--run", "run_name", default=None, help="Run name (default: the file's `run`).")
 @click.option("--lock-wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another controller of this run to finish.")
 @click.pass_context
-def run(ctx: click.Context, path: str, only: str | None, run_name: str | None, lock_wait: float) -> None:
+def run(ctx: click.Context, path: str, only: str | None, rerun: str | None, rerun_changed: bool,
+        run_name: str | None, lock_wait: float) -> None:
     """Run the pipeline's stages in dependency order, skipping those already complete."""
     from sailk8s.controller import Controller
 
     settings = settings_from(ctx)
     pipeline = pipeline_for(path, run_name)
-    selected = [s.strip() for s in only.split(",") if s.strip()] if only else None
+    selected = _names(only) or None
     store = open_pipeline_store(pipeline, settings)
     backend = backend_for(pipeline, store, settings)
     tty = is_tty()
@@ -43,7 +50,7 @@ def run(ctx: click.Context, path: str, only: str | None, run_name: str | None, l
                             lease_seconds=settings.lease_seconds,
                             on_event=event_printer(tty))
     try:
-        state = controller.run(only=selected)
+        state = controller.run(only=selected, rerun=_names(rerun), rerun_changed=rerun_changed)
     except KeyboardInterrupt:
         click.echo(f"interrupted: running attempts keep going; `python -m sailk8s run -f {path}` adopts "
                    f"them, `python -m sailk8s cancel {pipeline.run} -f {path}` stops them", err=True)
@@ -65,3 +72,8 @@ def _print_summaries(pipeline: Any, store: Any, selected: list[str] | None, tty:
         report = read_report(store, pipeline.run, stage.name)
         if report and isinstance(report.get("summary"), str):
             click.echo(f"{stage.name}: {report['summary']}", err=not tty)
+
+
+def _names(option: str | None) -> list[str]:
+    """A comma-separated stage list."""
+    return [s.strip() for s in option.split(",") if s.strip()] if option else []

@@ -100,6 +100,26 @@ def test_run_then_rerun_skips_and_status_reports(tmp_path: Path, local_env: dict
 
 
 @pytest.mark.slow
+def test_changed_config_is_refused_then_rerun_through_the_cli(tmp_path: Path, local_env: dict[str, Path],
+                                                                file_store: LocalStore) -> None:
+    path = write_pipeline(tmp_path, local_env["store"])
+    assert sail("run", "-f", str(path)).returncode == 0
+    shorter = {"preset": "tiny", "max_new_tokens": 8}
+    changed = write_pipeline(tmp_path, local_env["store"], b={"config": shorter})
+    res = sail("run", "-f", str(changed))
+    assert res.returncode == 3, res.stderr  # a config error, before anything runs
+    assert "'b' made with another definition" in res.stderr and "--rerun b" in res.stderr
+    assert not events(res.stdout)
+
+    res = sail("run", "-f", str(changed), "--rerun", "b")
+    assert res.returncode == 0, res.stderr
+    submitted = [(e["stage"], e["attempt"]) for e in events(res.stdout) if e["event"] == "attempt_submitted"]
+    assert submitted == [("b", 2)]
+    assert file_store.get("data/b/shard-000001.tar") == b"b:1"
+    assert sail("run", "-f", str(changed)).returncode == 0  # the new definition is now the recorded one
+
+
+@pytest.mark.slow
 def test_only_and_failure_classes_through_the_cli(tmp_path: Path, local_env: dict[str, Path],
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     # a: app failure then success; c: permanent failure (exit 3) on its first attempt.

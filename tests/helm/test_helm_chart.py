@@ -88,6 +88,15 @@ def test_controller_job_runs_the_pipeline_file_least_privileged(render: Any) -> 
     assert rule["action"] == "FailJob" and rule["onExitCodes"]["values"] == [exitcodes.BAD_CONFIG]
 
 
+def test_changed_stage_definitions_stop_the_run_unless_told_to_rerun(render: Any) -> None:
+    def argv(values: dict[str, Any]) -> list[str]:
+        (container,) = controller_job(render(values))["spec"]["template"]["spec"]["containers"]
+        return [*container["command"], *container.get("args", [])]
+
+    assert "--rerun-changed" not in argv({})  # default "fail": exit 3, which fails the Job at once
+    assert argv({"controller": {"onDefinitionChange": "rerun"}})[-1] == "--rerun-changed"
+
+
 def test_controller_job_is_replaced_only_when_its_pod_or_pipeline_changes(render: Any) -> None:
     name = controller_job(render())["metadata"]["name"]
     assert controller_job(render({"controller": {"backoffLimit": 6}}))["metadata"]["name"] == name

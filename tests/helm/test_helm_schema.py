@@ -45,6 +45,7 @@ def test_lint_strict_is_clean_for_every_values_set(helm: Any, kube_version: str)
      "at '/nodePools/sft/tolerations/0/effect': value must be one of"),
     ({"controller": {"backoffLimit": -1}}, "at '/controller/backoffLimit': minimum"),
     ({"controller": {"logFormat": "xml"}}, "at '/controller/logFormat'"),
+    ({"controller": {"onDefinitionChange": "ignore"}}, "at '/controller/onDefinitionChange'"),
     ({"controller": {"extraEnv": [{"name": "SAIL_STORE_SECRET_KEY", "value": "x"}]}},
      "at '/controller/extraEnv/0/name'"),
     ({"controller": {"resources": {"limits": {"memory": "lots"}}}},
