@@ -30,7 +30,9 @@ def configure_logging(fmt: str = "console", level: str = "INFO") -> None:
     structlog.configure(
         processors=[*shared, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write() per line: the ranks of a pod share its stderr, unbuffered
+        # (PYTHONUNBUFFERED), and print()'s separate newline write lets their lines interleave.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
     # Libraries that log through stdlib (urllib3, kubernetes) go to the same stream.

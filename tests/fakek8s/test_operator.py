@@ -280,9 +280,11 @@ def _alive(pid: int) -> bool:
 def test_execute_mode_runs_torchrun_as_one_node(
     kube: FakeKubernetes, core: client.CoreV1Api, custom: client.CustomObjectsApi, tmp_path: Path
 ) -> None:
+    # One write per line: both ranks share the pod's stdout, unbuffered, so print()'s pieces
+    # could interleave between them (CI once saw "torchrun rank 1 torchrun rankof 2 local 1").
     (tmp_path / "rankprint.py").write_text(
-        "import os\nprint('torchrun rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'],"
-        " 'local', os.environ['LOCAL_RANK'], flush=True)\n"
+        "import os\ne = os.environ\n"
+        "os.write(1, f\"torchrun rank {e['RANK']} of {e['WORLD_SIZE']} local {e['LOCAL_RANK']}\\n\".encode())\n"
     )
     command = ["torchrun", "--nproc-per-node=2", "--nnodes=2", "-m", "rankprint"]
     extra = {"PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}
