@@ -43,6 +43,16 @@ _CLAIM_TIMEOUT = 30.0
 _FOLLOW_POLL = 0.2
 
 
+# An enclosing job's rendezvous (a controller run inside a pod or under torchrun, a test that
+# trained in-process) must not leak into the attempt: torchrun --standalone, or the single
+# process, makes its own. A leaked MASTER_PORT still held by its owner fails every attempt.
+RENDEZVOUS_VARS = frozenset({
+    "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
+    "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME",
+    "PET_NNODES", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT", "PET_NPROC_PER_NODE",
+})
+
+
 def default_root() -> Path:
     """Where attempt directories live: $SAIL_LOCAL_DIR or ~/.cache/sail-pipeline/local."""
     env = os.environ.get("SAIL_LOCAL_DIR")
@@ -122,7 +132,9 @@ class LocalBackend(Backend):
             return ref  # this attempt exists (running or finished): adopt it
         except OSError as err:
             raise BackendError(f"cannot create the attempt directory {d}: {err}") from None
-        env = {**os.environ, **stage_env(pipeline, stage, attempt)}
+        inherited = {k: v for k, v in os.environ.items()
+                     if k not in RENDEZVOUS_VARS and not k.startswith("TORCHELASTIC_")}
+        env = {**inherited, **stage_env(pipeline, stage, attempt)}
         cmd = [
             self.python,
             "-m",

@@ -44,6 +44,22 @@ def test_success_logs_and_archive(file_store: LocalStore, local_env: dict[str, P
         list(backend.logs(ref, rank=3))
 
 
+def test_an_enclosing_rendezvous_does_not_leak_into_the_attempt(
+    file_store: LocalStore, local_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As in a pod of another PyTorchJob, or after in-process training: a port someone holds.
+    for var, value in {"RANK": "5", "WORLD_SIZE": "8", "LOCAL_RANK": "5", "MASTER_ADDR": "10.0.0.9",
+                       "MASTER_PORT": "1", "TORCHELASTIC_RUN_ID": "other"}.items():
+        monkeypatch.setenv(var, value)
+    p = pipeline(file_store)
+    backend = LocalBackend(file_store)
+    ref = backend.submit(p, p.stage("a"), 1)
+    assert backend.wait(ref, timeout=60).phase is Phase.SUCCEEDED
+    first, *_ = backend.logs(ref)
+    assert first.startswith("[rank 0] start stage=a attempt=1 rank=0/1 ")
+    assert file_store.exists("data/a/shard-000000.tar")  # one process did every shard
+
+
 @pytest.mark.parametrize(("code", "failure"), [(3, FailureClass.PERMANENT), (1, FailureClass.APP),
                                                (75, FailureClass.INFRA)])
 def test_exit_codes_map_to_failure_classes(file_store: LocalStore, local_env: dict[str, Path],

@@ -284,7 +284,8 @@ def test_execute_mode_runs_torchrun_as_one_node(
     # could interleave between them (CI once saw "torchrun rank 1 torchrun rankof 2 local 1").
     (tmp_path / "rankprint.py").write_text(
         "import os\ne = os.environ\n"
-        "os.write(1, f\"torchrun rank {e['RANK']} of {e['WORLD_SIZE']} local {e['LOCAL_RANK']}\\n\".encode())\n"
+        "line = f\"torchrun rank {e['RANK']} of {e['WORLD_SIZE']} local {e['LOCAL_RANK']}\\n\"\n"
+        "os.write(1, line.encode())\n"
     )
     command = ["torchrun", "--nproc-per-node=2", "--nnodes=2", "-m", "rankprint"]
     extra = {"PYTHONPATH": str(tmp_path), "OMP_NUM_THREADS": "1"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -17,7 +20,21 @@ def _config(clip: float) -> Config:
         {"name": "a", "max_steps": 3, "global_batch": 2, "micro_batch": 1, "mix": [{"prefix": "x"}]}]})
 
 
+@pytest.fixture
+def rendezvous_env() -> Iterator[None]:
+    """_dist_env(1) writes MASTER_PORT & co. into this process's environment: put it back after
+    the test, so no later subprocess inherits a port this process's TCPStore still holds."""
+    saved = {v: os.environ.get(v) for v in ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE")}
+    yield
+    for var, value in saved.items():
+        if value is None:
+            os.environ.pop(var, None)
+        else:
+            os.environ[var] = value
+
+
 @pytest.mark.parametrize("clip", [0.0, 0.5])
+@pytest.mark.usefixtures("rendezvous_env")
 def test_deepspeed_zero2_with_accumulation_matches_plain_torch(clip: float) -> None:
     cfg = _config(clip)
     sub = cfg.substages[0]
