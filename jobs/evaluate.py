@@ -3,29 +3,34 @@
 Each sample's json has `question` (with an `<image>` placeholder when it shows the image),
 `answer`, and optionally `choices`. exact_match generates an answer (greedy, batched) and
 compares after normalising case, spaces and trailing punctuation; multiple_choice scores each
-choice's log-likelihood as the reply (jobs.model.text_logprobs) and picks the best. The
-report (report.json) has the accuracy overall and per answer, counts, and a few examples.
+choice's log-likelihood as the reply (jobs.model.text_logprobs) and picks the best.
+
+It runs on the shard runtime like the data stages: input shards are split over the ranks, each
+scored shard becomes a shard of prediction records (question, answer, prediction, correct; no
+image) under outputs[0] (or runs/<run>/<stage>/predictions), then its done marker, so a
+resumed attempt scores only the shards left. Rank 0 then reads every prediction record and
+writes report.json: accuracy overall and per answer, counts, drops, a few examples. `limit`
+spreads evenly over the shards (at most ceil(limit / shards) from each, first ones first).
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import math
 import re
 import tempfile
-import time
-from collections import Counter
 from typing import Any
 
 import structlog
 
 from jobs import model as vlm
 from jobs import shards as sh
-from jobs.mixstream import list_shards
 from jobs.modelref import resolve_model_ref
-from jobs.runtime import InputError, StageRun, local_tmp_root, main
+from jobs.runtime import InputError, ShardInput, ShardOutput, StageRun, local_tmp_root, main
 from sailk8s.errors import ConfigError
-from sailk8s.ledger import write_report
 from sailk8s.stageconfig.evaluate import Config
+from sailk8s.store.base import ObjectStore
 
 log = structlog.get_logger(__name__)
 
@@ -63,8 +68,54 @@ def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[
     return [(p, norm(p) == norm(str(m["answer"]))) for p, m in zip(preds, metas, strict=True)]
 
 
+def per_shard_cap(limit: int | None, shards: int) -> int | None:
+    """How many samples each input shard contributes when `limit` caps the total (spread evenly)."""
+    return None if limit is None else max(1, math.ceil(limit / max(shards, 1)))
+
+
+def evaluate_shard(model: Any, processor: Any, cfg: Config, shard: ShardInput, out: ShardOutput,
+                   cap: int | None) -> None:
+    """Score one QA shard; each scored sample becomes a prediction record (json only, no image)."""
+    pairs = itertools.islice(shard.decoded(), cap)  # cap None: every sample
+    while batch := list(itertools.islice(pairs, cfg.batch_size)):
+        scored = score_batch(model, processor, cfg, [(s.meta, img) for s, img in batch])
+        for (sample, _), (pred, ok) in zip(batch, scored, strict=True):
+            meta = {k: sample.meta[k] for k in ("question", "answer", "choices") if k in sample.meta}
+            out.write(sh.Sample(key=sample.key, meta={**meta, "prediction": pred, "correct": ok}))
+            out.count("correct", int(ok))
+
+
+def read_predictions(store: ObjectStore, keys: list[str]) -> list[dict[str, Any]]:
+    """Every prediction record, in shard order then sample order."""
+    records: list[dict[str, Any]] = []
+    for key in keys:
+        for item in sh.read_shard(io.BytesIO(store.get(key)), need_image=False):
+            if not isinstance(item, sh.BadSample):
+                records.append(item.meta)
+    return records
+
+
+def accuracy_report(records: list[dict[str, Any]], cfg: Config, dropped: dict[str, int]) -> dict[str, Any]:
+    """The evaluate report's own fields, from the prediction records (at most cfg.limit of them)."""
+    if cfg.limit is not None:
+        records = records[:cfg.limit]
+    if not records:
+        raise InputError(f"no usable question/answer samples (dropped: {dropped})")
+    per_answer: dict[str, list[int]] = {}
+    for r in records:
+        c = per_answer.setdefault(str(r["answer"]), [0, 0])
+        c[0] += bool(r["correct"])
+        c[1] += 1
+    correct = sum(bool(r["correct"]) for r in records)
+    accuracy = correct / len(records)
+    return {"model": cfg.model, "metric": cfg.metric, "samples": len(records), "correct": correct,
+            "accuracy": accuracy, "per_answer": {a: c[0] / c[1] for a, c in sorted(per_answer.items())},
+            "examples": [{k: r[k] for k in ("question", "answer", "prediction")} for r in records[:10]],
+            "summary": f"held-out accuracy {accuracy:.3f} ({correct}/{len(records)} correct)"}
+
+
 def run() -> None:
-    """Evaluate the configured model on every QA shard of the stage's inputs."""
+    """Evaluate the configured model on every QA shard of the stage's inputs, shards split over ranks."""
     stage = StageRun.from_env(Config)
     cfg = stage.typed(Config)
     if not stage.ctx.inputs:
@@ -73,59 +124,25 @@ def run() -> None:
     with tempfile.TemporaryDirectory(prefix="eval-model-", dir=local_tmp_root()) as cache:
         # A fresh cache: a re-exported model under the same prefix must not be shadowed.
         model, processor = vlm.load_model(ref, cache_dir=cache)
-    t0 = time.monotonic()
-    dropped: Counter[str] = Counter()
-    per_answer: dict[str, list[int]] = {}
-    correct = total = 0
-    examples: list[dict[str, Any]] = []
-    batch: list[tuple[dict[str, Any], Any]] = []
+    # Predictions go to outputs[0] when the stage names one, else next to its report.
+    prefix = stage.ctx.outputs[0].rstrip("/") if stage.ctx.outputs else stage.stage_key("predictions")
+    units = stage.input_units(prefix)
+    cap = per_shard_cap(cfg.limit, len(units))
 
-    def flush() -> None:
-        nonlocal correct, total
-        for (meta, _), (pred, ok) in zip(batch, score_batch(model, processor, cfg, batch), strict=True):
-            total += 1
-            correct += ok
-            c = per_answer.setdefault(str(meta["answer"]), [0, 0])
-            c[0] += ok
-            c[1] += 1
-            if len(examples) < 10:
-                examples.append({"question": meta["question"], "answer": meta["answer"], "prediction": pred})
-        batch.clear()
+    def finalize(report: dict[str, Any]) -> None:
+        records = read_predictions(stage.store, [u.output_key for u in units])
+        report.update(kind="evaluate", predictions=prefix,
+                      **accuracy_report(records, cfg, report["dropped"]))
 
-    keys = [k for p in stage.ctx.inputs for k in list_shards(stage.store, p)]
-    for key in keys if stage.dist.is_main else []:
-        for item in sh.read_shard(io.BytesIO(stage.store.get(key)), required=("question", "answer")):
-            if isinstance(item, sh.BadSample):
-                dropped[item.reason] += 1
-                continue
-            try:
-                image = item.decode()
-            except sh.BadSampleError as err:
-                dropped[err.reason] += 1
-                continue
-            batch.append((item.meta, image))
-            if len(batch) >= cfg.batch_size:
-                flush()
-            if cfg.limit and total + len(batch) >= cfg.limit:
-                break
-        if cfg.limit and total + len(batch) >= cfg.limit:
-            break
-    if batch:
-        flush()
-    if not stage.dist.is_main:
-        return
-    if total == 0:
-        raise InputError(f"no usable question/answer samples in {len(keys)} shard(s) "
-                         f"(dropped: {dict(dropped)})")
-    accuracy = correct / total
-    report = {"kind": "evaluate", "model": cfg.model, "metric": cfg.metric, "samples": total,
-              "correct": correct, "accuracy": accuracy, "dropped": dict(dropped),
-              "per_answer": {a: c[0] / c[1] for a, c in sorted(per_answer.items())},
-              "examples": examples, "seconds": round(time.monotonic() - t0, 2),
-              "summary": f"held-out accuracy {accuracy:.3f} ({correct}/{total} correct)"}
-    write_report(stage.store, stage.ctx.run, stage.ctx.stage, stage.ctx.attempt, report)
-    log.info("evaluation done", accuracy=round(accuracy, 4), samples=total, correct=correct)
-    print(f"held-out accuracy: {accuracy:.3f} ({correct}/{total})", flush=True)
+    def process(shard: ShardInput, out: ShardOutput) -> None:
+        evaluate_shard(model, processor, cfg, shard, out, cap)
+
+    report = stage.run_map(process, required=("question", "answer"), units=units, finalize=finalize)
+    if report is not None:
+        log.info("evaluation done", accuracy=round(report["accuracy"], 4), samples=report["samples"],
+                 correct=report["correct"])
+        print(f"held-out accuracy: {report['accuracy']:.3f} ({report['correct']}/{report['samples']})",
+              flush=True)
 
 
 if __name__ == "__main__":

@@ -327,18 +327,21 @@ class StageRun:
             raise ConfigError(f"stage {self.ctx.stage!r} has no outputs: set `outputs:` to a store prefix")
         return self.ctx.outputs[0].rstrip("/")
 
-    def input_units(self) -> list[WorkUnit]:
-        """One unit per input shard, output under outputs[0] with the same id."""
-        out = self.output_prefix()
+    def input_units(self, prefix: str | None = None) -> list[WorkUnit]:
+        """One unit per input shard, output under `prefix` (default outputs[0]) with the same id."""
+        out = prefix or self.output_prefix()
         return [WorkUnit(sid, f"{out}/{sid}.tar", key)
                 for sid, key in list_input_shards(self.store, self.ctx.inputs)]
 
     # -- loops --------------------------------------------------------------------------
     def run_map(self, process: ProcessShard, *, required: Sequence[str] = (), need_image: bool = True,
-                max_pixels: int = sh.DEFAULT_MAX_PIXELS,
+                max_pixels: int = sh.DEFAULT_MAX_PIXELS, units: list[WorkUnit] | None = None,
                 finalize: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
-        """Map every input shard through `process` into an output shard; see module docstring."""
-        units = self.input_units()
+        """Map every input shard through `process` into an output shard; see module docstring.
+
+        `units`: input_units() with another output prefix (default: under outputs[0]).
+        """
+        units = self.input_units() if units is None else units
 
         def produce(unit: WorkUnit, out: ShardOutput, tmp: Path) -> None:
             assert unit.input_key is not None

@@ -22,4 +22,6 @@ class Config(BaseModel):
     max_tiles: int = Field(default=1, ge=1, le=40)
     # Case and surrounding space/punctuation are ignored when comparing answers.
     normalize: bool = True
+    # At most this many samples, spread evenly over the input shards (ceil(limit / shards) from
+    # each, first ones first); the report counts the first `limit` predictions in shard order.
     limit: int | None = Field(default=None, ge=1)

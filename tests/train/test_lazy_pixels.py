@@ -289,10 +289,8 @@ def _cut_store(store: Path) -> str:
 
 @pytest.mark.slow
 def test_blanked_samples_give_the_same_losses_and_counts_on_one_and_two_ranks(sample_store: Path) -> None:
-    import subprocess
-    import sys
 
-    from train_helpers import ROOT, read_json, run_stage, stage_process_env
+    from train_helpers import read_json, run_stage, run_stage_torchrun
 
     prefix = _cut_store(sample_store)
 
@@ -305,10 +303,7 @@ def test_blanked_samples_give_the_same_losses_and_counts_on_one_and_two_ranks(sa
 
     one = run_stage(sample_store, spec("cut-w1"))
     assert one.returncode == 0, one.stderr[-3000:]
-    env = stage_process_env(sample_store, "t", spec("cut-w2"))
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    two = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "jobs.pretrain"],
-                         env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    two = run_stage_torchrun(sample_store, spec("cut-w2"))
     assert two.returncode == 0, two.stderr[-3000:]
     r1 = read_json(sample_store, "runs/t/cut-w1/report.json")
     r2 = read_json(sample_store, "runs/t/cut-w2/report.json")

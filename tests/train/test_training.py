@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from train_helpers import ROOT, read_json, run_stage, stage_process_env
+from train_helpers import ROOT, read_json, run_stage, run_stage_torchrun, stage_process_env
 
 from sailk8s import exitcodes
 from sailk8s.errors import ConfigError
@@ -168,11 +168,7 @@ def test_evaluate_reports_accuracy(sample_store: Path) -> None:
 def test_two_ranks_under_torchrun_give_the_same_losses_as_one_process(sample_store: Path) -> None:
     spec = _pretrain("pt-w1", max_steps=3)
     assert run_stage(sample_store, spec).returncode == 0
-    two = {**_pretrain("pt-w2", max_steps=3)}
-    env = stage_process_env(sample_store, "t", two)
-    torchrun = str(Path(sys.executable).parent / "torchrun")
-    proc = subprocess.run([torchrun, "--standalone", "--nproc-per-node=2", "-m", "jobs.pretrain"],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    proc = run_stage_torchrun(sample_store, _pretrain("pt-w2", max_steps=3))
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = read_json(sample_store, "runs/t/pt-w1/report.json")["losses"]
     both = read_json(sample_store, "runs/t/pt-w2/report.json")["losses"]

@@ -34,5 +34,14 @@ def run_stage(store: Path, stage: dict[str, Any], *, run: str = "t", attempt: in
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_stage_torchrun(store: Path, stage: dict[str, Any], *, nproc: int = 2, run: str = "t",
+                       timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run one stage attempt as `torchrun --standalone --nproc-per-node=N -m jobs.<kind>`."""
+    env = stage_process_env(store, run, stage)
+    torchrun = str(Path(sys.executable).parent / "torchrun")
+    cmd = [torchrun, "--standalone", f"--nproc-per-node={nproc}", "-m", f"jobs.{stage['kind']}"]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
 def read_json(store: Path, key: str) -> Any:
     return json.loads((store / key).read_text())
