@@ -39,7 +39,8 @@ class TrainState:
     step: int = 0  # optimizer steps done in this sub-stage
     global_step: int = 0  # over all sub-stages (checkpoint numbering)
     tokens: int = 0  # real tokens trained on in this sub-stage
-    bins: int = 0  # packed sequences consumed from this sub-stage's stream (the data position)
+    bins: int = 0  # packed sequences consumed from this sub-stage's stream
+    cursor: dict[str, Any] | None = None  # jobs.binstream state: the data position without a replay
     finished: bool = False  # every sub-stage is done
     losses: list[list[float]] = field(default_factory=list)  # [global_step, loss]
     summaries: list[dict[str, Any]] = field(default_factory=list)  # one per finished sub-stage

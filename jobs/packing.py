@@ -38,6 +38,8 @@ class TokenizedSample:
     truncated: bool = False
     tiles: int = 0  # image tiles behind the image tokens (== pixel_values.shape[0] once made)
     load_pixels: Callable[[], torch.Tensor] | None = field(default=None, repr=False)
+    # Where it was read: (mix entry, shard key, sample key); saved in data-position checkpoints.
+    origin: tuple[int, str, str] = (0, "", "")
 
     def __len__(self) -> int:
         return len(self.input_ids)

@@ -85,6 +85,7 @@ class Sample:
     meta: dict[str, Any]
     image_ext: str | None = None
     files: dict[str, bytes] = field(default_factory=dict)
+    shard: str = ""  # the store key of the shard it was read from, where the reader knows it
 
     @property
     def image_bytes(self) -> bytes:

@@ -9,13 +9,13 @@ stream-packed (jobs.packing) into `seq_len` sequences; a global batch of `global
 sequences per optimizer step, split over ranks and micro batches (gradient accumulation);
 AdamW with warmup + cosine on the fraction of the budget done; DeepSpeed ZeRO (jobs.engine).
 
-Every rank reads the same stream and packs the same sequences, then trains on its share: the
-data position is one number (sequences consumed) that replays exactly on resume, and the loss
-normaliser (target tokens of the whole global batch) is known on every rank. The packing needs
-only each sample's token count, so samples are *planned* (jobs.data.SampleEncoder.plan: text
-tokens + the tile count from the image header, no pixel decoding) and a rank decodes and tiles
-the images of its own sequences only (`materialize`); a resume's replay decodes no image at
-all. An image whose header reads but whose pixels do not is found by the rank that trains it:
+Every rank reads the same stream and packs the same sequences, then trains on its share, and
+the loss normaliser (target tokens of the whole global batch) is known on every rank. The data
+position is a cursor saved with each checkpoint (jobs.binstream): a resume reads a few shards,
+not the stream up to the position. The packing needs only each sample's token count, so
+samples are *planned* (jobs.data.SampleEncoder.plan: text tokens + the tile count from the
+image header, no pixel decoding) and a rank decodes and tiles the images of its own sequences
+only (`materialize`). An image whose header reads but whose pixels do not is found by the rank that trains it:
 that sample is blanked (no targets, black tiles: the sequences keep their layout on every rank)
 and its targets leave the normaliser through one small all-reduce per step.
 Checkpoints every `checkpoint_every` steps and at the end of each sub-stage (jobs.checkpoint);
@@ -33,7 +33,7 @@ import socket
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -45,12 +45,13 @@ import torch.nn.functional as F
 from jobs import model as vlm
 from jobs import shards as sh
 from jobs.attention import use_packed_attention
+from jobs.binstream import BinStream
 from jobs.checkpoint import Checkpointer, TrainState
 from jobs.data import TRUNCATED, Dropped, ImageRef, SampleEncoder
 from jobs.engine import init_distributed, make_engine, shutdown_distributed
 from jobs.mixstream import MixStream
 from jobs.modelref import resolve_model_ref
-from jobs.packing import IGNORE, Bin, StreamPacker, collate_packed, collate_padded
+from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
 from jobs.runtime import StageRun, local_tmp_root
 from sailk8s.errors import ConfigError
 from sailk8s.ledger import CheckpointLedger, ProgressRecord, write_report
@@ -145,10 +146,10 @@ class Trainer:
         return model, processor
 
     # -- data -------------------------------------------------------------------------------
-    def bins(self, sub: SubStage, encoder: SampleEncoder, stream: MixStream) -> Iterator[Bin]:
+    def bins(self, sub: SubStage, encoder: SampleEncoder, stream: MixStream) -> BinStream:
         """Planned training sequences of a sub-stage: packed (or one sample per row for the baseline)."""
-        packer = StreamPacker(self.cfg.seq_len)
-        for idx, sample in stream:
+
+        def plan(idx: int, sample: sh.Sample) -> TokenizedSample | None:
             entry = sub.mix[idx]
             image = None
             if sample.image_ext and entry.format != "text":
@@ -156,18 +157,17 @@ class Trainer:
                     image = ImageRef.of_bytes(sample.image_bytes)  # the header only: pixels later
                 except sh.BadSampleError as err:
                     self.dropped[err.reason] += 1
-                    continue
+                    return None
             enc = encoder.plan(sample.meta, image, entry.format, text_fields=entry.text_fields,
                                prompt=entry.prompt, source=entry.prefix)
             if isinstance(enc, Dropped):
                 self.dropped[enc.reason] += 1
-                continue
+                return None
             if enc.truncated:
                 self.dropped[TRUNCATED] += 1
-            if self.cfg.packing:
-                yield from packer.add(enc)
-            else:
-                yield Bin([enc], len(enc))
+            return enc
+
+        return BinStream(stream, plan, StreamPacker(self.cfg.seq_len) if self.cfg.packing else None)
 
     def materialize(self, bins: Sequence[Bin], encoder: SampleEncoder) -> tuple[list[Bin], int]:
         """This rank's sequences with their pixels made; (sequences, target tokens blanked)."""
@@ -227,9 +227,13 @@ class Trainer:
                            order_by=self.order_by, descending=self.descending)
         self.dropped, self.lost = Counter(), Counter()
         bins = self.bins(sub, encoder, stream)
-        for _ in range(state.bins):  # replay the data position of a resumed run: planning only, no pixels
-            next(bins)
-        self.dropped = Counter()  # replayed samples were counted by the earlier attempt
+        if state.cursor is not None:  # resume the data position: a few shards read, no replay
+            bins.restore(state.cursor)
+            self.log.info("data position restored", bins=state.bins, shards_read=bins.shards_read_on_restore)
+        else:
+            for _ in range(state.bins):  # a checkpoint without a cursor: replay (planning only, no pixels)
+                next(bins)
+        self.dropped = Counter()  # samples before the position were counted by the earlier attempt
         self.log.info("sub-stage starts", substage=sub.name, train=sub.train, budget=sub.token_budget,
                       max_steps=sub.max_steps, accumulation=accumulation, resumed_step=state.step)
         t0, tok0 = time.monotonic(), state.tokens
@@ -268,6 +272,7 @@ class Trainer:
                               tokens=state.tokens, tokens_per_s=round(rate, 1))
             self.write_progress(sub, state, loss, rate, force=progress_of(sub, state.tokens, state.step) >= 1)
             if state.step % self.cfg.checkpoint_every == 0 and progress_of(sub, state.tokens, state.step) < 1:
+                state.cursor = bins.state()
                 self.ckpt.save(model, engine.optimizer_state(), state)
         dropped = self.dropped + self.all_ranks(self.lost)
         state.summaries.append({
@@ -279,6 +284,7 @@ class Trainer:
                       final_loss=loss, epochs=stream.epochs, dropped=dict(dropped))
         state.substage += 1
         state.step = state.tokens = state.bins = 0
+        state.cursor = None
         state.finished = state.substage >= len(self.substages)
         self.ckpt.save(model, {}, state)  # the sub-stage's final weights; the next starts a new optimizer
         return model

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["store_throughput", "shard_pipeline", "packing", "controller_overhead"])
+@pytest.mark.parametrize("name", ["store_throughput", "shard_pipeline", "packing", "controller_overhead",
+                                  "resume_position"])
 def test_quick_run_prints_the_result_line(name: str) -> None:
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick"],
                           capture_output=True, text=True, cwd=ROOT, timeout=240)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import itertools
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -19,9 +21,11 @@ from jobs import shards as sh
 from jobs.data import IMAGE_TOKEN_MISMATCH, Dropped, ImageRef, SampleEncoder, probe_image
 from jobs.mixstream import MixStream
 from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed
+from jobs.runtime import InputError
 from jobs.train import Trainer
 from sailk8s.stageconfig.training import MixEntry
 from sailk8s.store.local import LocalStore
+from sailk8s.testing.stores import CountingStore
 
 torch.set_num_threads(1)
 
@@ -312,3 +316,48 @@ def test_blanked_samples_give_the_same_losses_and_counts_on_one_and_two_ranks(sa
     assert r2["substages"][0]["dropped"] == r1["substages"][0]["dropped"]
     assert [loss for _, loss in r2["losses"]] == pytest.approx([loss for _, loss in r1["losses"]], rel=1e-5)
     assert "sample blanked" in one.stderr
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_a_restored_data_position_continues_exactly_reading_a_few_shards(
+        encoder: SampleEncoder, tmp_path: Path, packing: bool) -> None:
+    store = _store(tmp_path, _samples(96))  # 6 shards; 140 sequences cross into a second epoch
+    (tmp_path / "store/data/mix2").mkdir()
+    with sh.ShardWriter(tmp_path / "store/data/mix2/shard-000000.tar") as w:
+        w.write_all(_samples(16, seed=7))
+    sub = SimpleNamespace(mix=[MixEntry(prefix="data/mix", weight=2.0), MixEntry(prefix="data/mix2")])
+    total = 140
+    reference = [[x.input_ids for x in b.items] for b in itertools.islice(
+        _trainer(packing).bins(sub, encoder, MixStream(store, sub.mix, seed=5)), total)]
+    for at in (13, 97):
+        replay = CountingStore(store)
+        first = _trainer(packing).bins(sub, encoder, MixStream(replay, sub.mix, seed=5))
+        for _ in range(at):
+            next(first)
+        saved = json.loads(json.dumps(first.state()))  # what a checkpoint stores
+        held = {(i, shard) for group in ("open", "pending") for b in saved[group] for i, shard, _ in b}
+        counting = CountingStore(store)
+        resumed = _trainer(packing).bins(sub, encoder, MixStream(counting, sub.mix, seed=5))
+        resumed.restore(saved)
+        # The restore reads the shards of the samples the packer held, nothing else; a replay
+        # reads every shard it passes (6 + 1 per epoch), so it grows with the position.
+        assert counting.calls["get"] == resumed.shards_read_on_restore == len(held)
+        if at == 97:
+            assert counting.calls["get"] < replay.calls["get"], (counting.calls, replay.calls)
+        rest = [[x.input_ids for x in b.items] for b in itertools.islice(resumed, total - at)]
+        assert rest == reference[at:], at
+
+
+def test_a_position_whose_samples_are_gone_is_a_clear_input_error(
+        encoder: SampleEncoder, tmp_path: Path) -> None:
+    store = _store(tmp_path, _samples(32))
+    first = _trainer().bins(_sub(), encoder, MixStream(store, _sub().mix))
+    next(first)
+    saved = first.state()
+    assert saved["open"], "the packer holds open sequences"
+    for key in list(store.list("data/mix/")):
+        with sh.ShardWriter(store.root / key) as w:  # the data was rewritten since the checkpoint
+            w.write_all(_samples(16, seed=99))
+    resumed = _trainer().bins(_sub(), encoder, MixStream(store, _sub().mix))
+    with pytest.raises(InputError, match="cannot resume the data position: sample 's00"):
+        resumed.restore(saved)

@@ -67,6 +67,7 @@ def test_interrupted_and_resumed_run_reaches_the_same_final_loss(sample_store: P
     resumed = run_stage(sample_store, spec, attempt=2)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from checkpoint" in resumed.stderr
+    assert "data position restored" in resumed.stderr  # from the saved cursor, not a replay
     report = read_json(sample_store, "runs/t/pt-c/report.json")
     assert report["final_loss"] == pytest.approx(expected, rel=1e-6, abs=1e-7)
 
