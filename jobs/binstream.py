@@ -64,8 +64,11 @@ class BinStream:
         def addresses(bins: Any) -> list[list[list[Any]]]:
             return [[list(s.origin) for s in b.items] for b in bins]
 
+        packer = self.packer
         return {"stream": self.stream.state(),
-                "open": addresses(self.packer.open if self.packer is not None else []),
+                "open": addresses(packer.open if packer is not None else []),
+                "born": [b.born for b in packer.open] if packer is not None else [],
+                "seen": packer.seen if packer is not None else 0,
                 "pending": addresses(self.pending)}
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -96,4 +99,7 @@ class BinStream:
 
         if self.packer is not None:
             self.packer.open = rebuild(state["open"])
+            for b, born in zip(self.packer.open, state["born"], strict=True):
+                b.born = int(born)
+            self.packer.seen = int(state["seen"])
         self.pending = deque(rebuild(state["pending"]))

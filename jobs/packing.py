@@ -61,6 +61,7 @@ class Bin:
 
     items: list[TokenizedSample] = field(default_factory=list)
     used: int = 0
+    born: int = 0  # the packer's sample count when this sequence was opened
 
 
 class StreamPacker:
@@ -69,13 +70,17 @@ class StreamPacker:
     Each sample goes into the open sequence with the least room that still fits it; when more
     than `window` sequences are open, the fullest is emitted. A window of 1 is plain
     next-fit (what a naive stream packer does); 8-16 gets above 0.97 fill on SAIL-like lengths.
+    A sequence still open `max_age` samples after it opened is emitted too: the samples a
+    checkpoint's data position must hold (jobs.binstream) then come from recent shards only.
     """
 
-    def __init__(self, seq_len: int, window: int = 16) -> None:
+    def __init__(self, seq_len: int, window: int = 16, max_age: int = 512) -> None:
         if seq_len < 2:
             raise ValueError("seq_len must be at least 2")
         self.seq_len = seq_len
         self.window = max(1, window)
+        self.max_age = max(1, max_age)
+        self.seen = 0  # samples placed so far
         self.open: list[Bin] = []
 
     def add(self, sample: TokenizedSample) -> list[Bin]:
@@ -83,13 +88,14 @@ class StreamPacker:
         n = len(sample)
         if n > self.seq_len:
             raise ValueError(f"sample of {n} tokens exceeds seq_len {self.seq_len}: truncate or drop it")
+        self.seen += 1
         best: Bin | None = None
         for b in self.open:
             room = self.seq_len - b.used
             if room >= n and (best is None or room < self.seq_len - best.used):
                 best = b
         if best is None:
-            best = Bin()
+            best = Bin(born=self.seen)
             self.open.append(best)
         best.items.append(sample)
         best.used += n
@@ -102,6 +108,10 @@ class StreamPacker:
             fullest = max(self.open, key=lambda b: b.used)
             self.open.remove(fullest)
             closed.append(fullest)
+        stale = [b for b in self.open if self.seen - b.born >= self.max_age]
+        for b in stale:
+            self.open.remove(b)
+            closed.append(b)
         return closed
 
     def flush(self) -> list[Bin]:

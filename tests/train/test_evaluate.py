@@ -46,6 +46,7 @@ def predictions(store: Path, name: str) -> list[dict[str, Any]]:
             if not isinstance(item, sh.BadSample)]
 
 
+@pytest.mark.slow
 def test_two_ranks_score_what_one_process_scores(eval_store: Path) -> None:
     one = run_stage(eval_store, evaluate("ev1"))
     assert one.returncode == 0, one.stderr[-3000:]

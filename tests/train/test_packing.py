@@ -37,6 +37,18 @@ def test_window_one_is_next_fit_and_worse() -> None:
     assert fill_rate([bf]) > fill_rate([nf])
 
 
+def test_a_sequence_open_for_max_age_samples_leaves() -> None:
+    packer = StreamPacker(64, window=4, max_age=10)
+    closed = packer.add(_sample(40, 0))  # room 24 left: only samples of <= 24 tokens fit it
+    for i in range(9):
+        closed += packer.add(_sample(30, i + 1))  # none fits the first; they pair up elsewhere
+    assert any(b.used == 40 for b in packer.open)  # 9 samples later it is still open
+    closed += packer.add(_sample(30, 10))
+    first = [b for b in closed if b.items[0].input_ids == _sample(40, 0).input_ids]
+    assert len(first) == 1 and first[0].used == 40  # emitted 10 samples after it opened, never full
+    assert all(packer.seen - b.born < 10 for b in packer.open)
+
+
 def test_too_long_sample_is_refused() -> None:
     with pytest.raises(ValueError, match="exceeds seq_len"):
         StreamPacker(8).add(_sample(9, 0))
