@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("sailk8s.cli.cancel:cancel", "Cancel a run or one of its stages."),
     "render": ("sailk8s.cli.render:render", "Print a stage's exact manifests (no writes)."),
     "ingest": ("sailk8s.cli.ingest:ingest", "Turn images (+alt-text) into WebDataset shards."),
+    "outputs": ("sailk8s.cli.outputs:outputs", "List which run and stage own each output prefix."),
 }
 
 

@@ -83,10 +83,19 @@ def claim_outputs(store: ObjectStore, run: str, stage: str, prefixes: Iterable[s
         raise OutputsClaimed(
             f"stage {stage!r} of run {run!r} would overwrite another stage's outputs: "
             + "; ".join(clash)
-            + ". Give this stage other `outputs:` (or another store), or, if those results may "
-            f"be overwritten, delete their claim under {store.describe(CLAIMS_PREFIX)}"
+            + ". Give this stage other `outputs:` (or another store), or, if those results may be "
+            "overwritten, release their claim: `python -m sailk8s outputs -f FILE --release PREFIX`"
         )
     mine = {c.prefix for c in claims if (c.run, c.stage) == (run, stage)}
     for prefix in prefixes:
         if prefix not in mine:  # (a damaged claim object is replaced)
             store.put(claim_key(prefix), json.dumps({"prefix": prefix, "run": run, "stage": stage}).encode())
+
+
+def release_claim(store: ObjectStore, prefix: str) -> Claim | None:
+    """Delete the claim on exactly `prefix`; the claim it was, or None when there was none."""
+    prefix = prefix.strip("/")
+    claim = next((c for c in read_claims(store) if c.prefix == prefix), None)
+    if claim is not None:
+        store.delete(claim_key(prefix))
+    return claim

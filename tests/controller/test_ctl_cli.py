@@ -224,3 +224,23 @@ def test_kubectl_lines_only_for_kubernetes(tmp_path: Path) -> None:
                      "kubectl logs -f -n ml -l sail.io/run=r1,sail.io/stage=sft,"
                      "training.kubeflow.org/replica-type=master"]
     assert kubectl_lines(parse_pipeline({**base, "backend": "local"}), Settings()) == []
+
+
+def test_outputs_lists_claims_and_releases_one(tmp_path: Path, local_env: dict[str, Path],
+                                               file_store: LocalStore) -> None:
+    from sailk8s.ledger.claims import claim_outputs
+
+    claim_outputs(file_store, "other", "ingest", ["data/a"])
+    path = write_pipeline(tmp_path, local_env["store"])
+    res = sail("outputs", "-f", str(path))
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(line) for line in res.stdout.splitlines()] == [
+        {"prefix": "data/a", "run": "other", "stage": "ingest"}]
+    refused = sail("run", "-f", str(path))  # stage a of run r1 also writes data/a
+    assert refused.returncode == 3 and "written by stage 'ingest' of run 'other'" in refused.stderr
+    res = sail("outputs", "-f", str(path), "--release", "data/a")
+    assert res.returncode == 0
+    assert "released 'data/a' (was written by stage 'ingest' of run 'other')" in res.stdout
+    missing = sail("outputs", "-f", str(path), "--release", "data/zz")
+    assert missing.returncode == 3 and "no claim on 'data/zz'" in missing.stderr
+    assert sail("run", "-f", str(path)).returncode == 0

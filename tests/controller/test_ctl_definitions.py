@@ -143,7 +143,7 @@ def test_another_run_cannot_overwrite_a_runs_outputs(store: LocalStore) -> None:
         ctl2.run()
     msg = str(err.value)
     assert "stage 'a' of run 'r2'" in msg and "written by stage 'a' of run 'r1'" in msg
-    assert "_sail/outputs" in msg
+    assert "python -m sailk8s outputs -f FILE --release PREFIX" in msg
     assert backend2.submits == []
     assert store.get("data/a/shard-000000.tar") == b"old"
 
