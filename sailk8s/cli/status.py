@@ -19,7 +19,7 @@ from sailk8s.cli.runtools import (
     settings_from,
 )
 from sailk8s.errors import ObjectNotFound, SailError
-from sailk8s.runstate import RunState, done_shards, load_state, stage_key
+from sailk8s.runstate import RunState, changed_definitions, done_shards, load_state, stage_key
 from sailk8s.spec import Pipeline
 from sailk8s.store.base import ObjectStore
 
@@ -36,6 +36,9 @@ def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
                backend: Backend | None) -> list[dict[str, Any]]:
     """One row per stage from state.json, the ledger (one listing per stage) and progress.json."""
     rows = []
+    names = [s.name for s in pipeline.order()]
+    # Stages whose results came from another definition than the file's: `run` would stop.
+    changed = set(changed_definitions(state, pipeline.fingerprints(), names)) if state else set()
     for stage in pipeline.order():
         st = state.stages.get(stage.name) if state else None
         progress = _json(store, stage_key(pipeline.run, stage.name, "progress.json")) or {}
@@ -69,6 +72,7 @@ def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
             "attempts": len(st.attempts) if st else 0, "attempt": last.name if last else None,
             "phase": phase, "shards_done": done, "shards_total": total, "percent": pct,
             "eta_seconds": eta, "last_error": error, "work": work,
+            "definition_changed": stage.name in changed,
         })
     return rows
 
@@ -94,6 +98,8 @@ def _table(run: str, state: RunState | None, rows: list[dict[str, Any]]) -> None
         shards = r["work"] or (f"{r['shards_done']}/{r['shards_total']} shards" if r["shards_total"]
                                else str(r["shards_done"]))
         state_word = r["state"] + (" STALLED" if r["stalled"] else "")
+        if r["definition_changed"]:
+            state_word += " (definition changed: --rerun)"
         if r["phase"] and r["state"] in ("running", "retrying"):
             state_word += f" ({r['phase']})"
         table.add_row(r["stage"], state_word, str(r["attempts"]), shards,

@@ -110,6 +110,8 @@ def test_changed_config_is_refused_then_rerun_through_the_cli(tmp_path: Path, lo
     assert res.returncode == 3, res.stderr  # a config error, before anything runs
     assert "'b' made with another definition" in res.stderr and "--rerun b" in res.stderr
     assert not events(res.stdout)
+    flagged = {r["stage"]: r["definition_changed"] for r in status_json(changed)["stages"]}
+    assert flagged == {"a": False, "b": True, "c": False}  # status says so before any run
 
     res = sail("run", "-f", str(changed), "--rerun", "b")
     assert res.returncode == 0, res.stderr
