@@ -553,7 +553,14 @@ class Controller:
         and delete the stage's outputs (claimed by it first), so no stale shard outlives the rerun.
 
         Attempt records stay: new attempts continue the numbering, so no job name is reused.
+        A live attempt is cancelled first: it must not write old results after the reset.
         """
+        last = st.last
+        if last is not None and not last.finished:
+            self.backend.cancel(AttemptRef(self.run_name, stage.name, last.attempt))
+            last.phase, last.finished_at = Phase.CANCELLED.value, self.clock()
+            log.warning("cancelled the running attempt of a stage being reset", stage=stage.name,
+                        attempt=last.name)
         for sub in ("done", "ckpt", "progress", "stats"):
             for key in list(self.store.list(stage_key(self.run_name, stage.name, sub) + "/")):
                 self.store.delete(key)

@@ -11,7 +11,7 @@ from ctl_fakes import FakeBackend, FakeTime, make_pipeline
 from sailk8s.controller import Controller
 from sailk8s.errors import ConfigError
 from sailk8s.ledger.claims import OutputsClaimed, read_claims
-from sailk8s.runstate import load_state, save_state
+from sailk8s.runstate import AttemptRecord, RunState, StageState, load_state, save_state
 from sailk8s.store.local import LocalStore
 
 
@@ -178,3 +178,17 @@ def test_a_damaged_claim_claims_nothing(store: LocalStore) -> None:
     assert ctl.run().status == "succeeded" and len(backend.submits) == 3
     owners = {(c.prefix, c.run, c.stage) for c in read_claims(store)}
     assert owners == {("data/a", "r1", "a"), ("data/b", "r1", "b"), ("data/c", "r1", "c")}  # repaired
+
+
+def test_rerun_cancels_a_live_attempt_before_deleting_its_results(store: LocalStore) -> None:
+    backend, ctl = controller(store, chain())
+    ref = backend.submit(ctl.pipeline, ctl.pipeline.stage("c"), 1)  # still running, controller gone
+    fp = ctl.fingerprints["c"]
+    save_state(store, RunState(run="r1", stages={"c": StageState(
+        name="c", state="running", fingerprint=fp,
+        attempts=[AttemptRecord(attempt=1, name=ref.name, phase="Running", submitted_at=0.0)])}))
+    write_outputs(store, "data/c")
+    state = ctl.run(only=["c"], rerun=["c"])
+    assert backend.cancels == [ref]  # before its outputs were deleted and attempt 2 started
+    assert backend.submits == [("c", 1), ("c", 2)]
+    assert [a.phase for a in state.stages["c"].attempts] == ["Cancelled", "Succeeded"]
