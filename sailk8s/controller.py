@@ -531,8 +531,19 @@ class Controller:
             self._save()
         log.warning("retrying stage", stage=stage.name, after_seconds=decision.delay, cause=decision.cause)
         self._emit("stage_retrying", stage=stage.name, delay=decision.delay, cause=decision.cause)
-        self.sleep(decision.delay)
+        self._backoff(stage, decision.delay)
         return True
+
+    def _backoff(self, stage: Stage, delay: float) -> None:
+        """Sleep out a retry backoff, looking at cancel requests every tick (backoffs reach minutes)."""
+        left = delay
+        while left > 0:
+            self._check_abort()
+            if self._cancel_wanted(stage):
+                return  # the caller's loop sees the request and ends the stage as cancelled
+            chunk = min(left, self.tick)
+            self.sleep(chunk)
+            left -= chunk
 
     def _submit_detached(self, stage: Stage, st: StageState) -> None:
         if self._complete(stage, st):

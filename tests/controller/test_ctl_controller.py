@@ -42,6 +42,29 @@ def make(store: LocalStore, ft: FakeTime, stages: list[dict[str, Any]],
     return pipeline, backend, ctl
 
 
+def backoffs(events: list[dict[str, Any]], ft: FakeTime) -> list[float]:
+    """The retry delays announced, after checking they were slept in full (in tick-sized pieces,
+    so a cancel request is seen during a long backoff)."""
+    delays = [float(e["delay"]) for e in events if e["event"] == "stage_retrying"]
+    assert sum(ft.sleeps) == pytest.approx(sum(delays)) and all(s <= 5.0 for s in ft.sleeps)
+    return delays
+
+
+def test_cancel_request_during_a_long_backoff_is_seen_within_a_tick(store: LocalStore, ft: FakeTime) -> None:
+    retry = {"max_attempts": 3, "backoff_base_seconds": 500, "backoff_cap_seconds": 600}
+    _, backend, ctl = make(store, ft, [{"name": "a", "retry": retry}], {"a": [APP, OK]})
+    real_sleep = ft.sleep
+
+    def sleep(seconds: float) -> None:
+        real_sleep(seconds)
+        request_cancel(store, "r1", "a")  # `python -m sailk8s cancel` while the stage waits to retry
+
+    ctl.sleep = sleep
+    state = ctl.run()
+    assert state.stages["a"].state == "cancelled" and backend.submits == [("a", 1)]
+    assert sum(ft.sleeps) <= 5.0  # one tick, not the 500-second backoff
+
+
 def test_dag_runs_in_order_and_persists_state(store: LocalStore, ft: FakeTime) -> None:
     _, backend, ctl = make(store, ft, [{"name": "a"}, {"name": "b", "depends": ["a"]}])
     state = ctl.run()
@@ -69,29 +92,32 @@ def test_permanent_failure_stops_at_once_and_blocks_dependants(store: LocalStore
 
 
 def test_app_failures_retry_with_exponential_backoff(store: LocalStore, ft: FakeTime) -> None:
-    _, backend, ctl = make(store, ft, [{"name": "a", "retry": RETRY}], {"a": [APP, APP, OK]})
+    evs: list[dict[str, Any]] = []
+    _, backend, ctl = make(store, ft, [{"name": "a", "retry": RETRY}], {"a": [APP, APP, OK]}, events=evs)
     state = ctl.run()
     assert state.stages["a"].state == "succeeded"
     assert backend.submits == [("a", 1), ("a", 2), ("a", 3)]
-    assert ft.sleeps == [10.0, 20.0]  # base * 2^(n-1)
+    assert backoffs(evs, ft) == [10.0, 20.0]  # base * 2^(n-1)
     assert state.stages["a"].app_failures == 2
 
 
 def test_app_failures_stop_at_max_attempts(store: LocalStore, ft: FakeTime) -> None:
     retry = {**RETRY, "max_attempts": 2}
-    _, backend, ctl = make(store, ft, [{"name": "a", "retry": retry}], {"a": [APP, APP, OK]})
+    evs: list[dict[str, Any]] = []
+    _, backend, ctl = make(store, ft, [{"name": "a", "retry": retry}], {"a": [APP, APP, OK]}, events=evs)
     state = ctl.run()
     a = state.stages["a"]
     assert a.state == "failed" and "2 of 2 attempts" in (a.cause or "") and "boom" in (a.cause or "")
     assert backend.submits == [("a", 1), ("a", 2)]
-    assert ft.sleeps == [10.0]
+    assert backoffs(evs, ft) == [10.0]
 
 
 def test_backoff_is_capped(store: LocalStore, ft: FakeTime) -> None:
     retry = {"max_attempts": 5, "backoff_base_seconds": 10, "backoff_cap_seconds": 25}
-    _, _, ctl = make(store, ft, [{"name": "a", "retry": retry}], {"a": [APP, APP, APP, OK]})
+    evs: list[dict[str, Any]] = []
+    _, _, ctl = make(store, ft, [{"name": "a", "retry": retry}], {"a": [APP, APP, APP, OK]}, events=evs)
     ctl.run()
-    assert ft.sleeps == [10.0, 20.0, 25.0]
+    assert backoffs(evs, ft) == [10.0, 20.0, 25.0]
 
 
 def test_infra_failures_do_not_count_as_app_failures(store: LocalStore, ft: FakeTime) -> None:
