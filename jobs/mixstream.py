@@ -76,28 +76,28 @@ class SourceReader:
         # The bad samples of the shard resumed mid-way were counted by the run that read it first.
         self._count_drops = False
 
-    def _read(self, key: str) -> list[sh.Sample]:
-        out: list[sh.Sample] = []
+    def _items(self, key: str) -> Iterator[sh.Sample | sh.BadSample]:
+        """One shard's samples and bad samples, in file order; samples know their shard."""
         need_image = self.need_image and self.entry.format != "auto"
         for item in sh.read_shard(io.BytesIO(self.store.get(key)), need_image=need_image):
+            if not isinstance(item, sh.BadSample):
+                item.shard = key
+            yield item
+
+    def _read(self, key: str) -> list[sh.Sample]:
+        out: list[sh.Sample] = []
+        for item in self._items(key):
             if isinstance(item, sh.BadSample):
                 if self.epoch == 0 and self._count_drops:  # each bad sample once, not once per epoch
                     self.dropped[item.reason] += 1
             else:
-                item.shard = key
                 out.append(item)
         self._count_drops = True
         return out
 
     def fetch(self, key: str) -> dict[str, sh.Sample]:
         """One shard's usable samples by sample key (a resume's random access; no drop counting)."""
-        samples: dict[str, sh.Sample] = {}
-        need_image = self.need_image and self.entry.format != "auto"
-        for item in sh.read_shard(io.BytesIO(self.store.get(key)), need_image=need_image):
-            if not isinstance(item, sh.BadSample):
-                item.shard = key
-                samples[item.key] = item
-        return samples
+        return {item.key: item for item in self._items(key) if not isinstance(item, sh.BadSample)}
 
     def _score(self, s: sh.Sample) -> tuple[int, float]:
         v = field_value(s.meta, self.order_by or "")

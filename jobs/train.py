@@ -15,9 +15,10 @@ position is a cursor saved with each checkpoint (jobs.binstream): a resume reads
 not the stream up to the position. The packing needs only each sample's token count, so
 samples are *planned* (jobs.data.SampleEncoder.plan: text tokens + the tile count from the
 image header, no pixel decoding) and a rank decodes and tiles the images of its own sequences
-only (`materialize`). An image whose header reads but whose pixels do not is found by the rank that trains it:
-that sample is blanked (no targets, black tiles: the sequences keep their layout on every rank)
-and its targets leave the normaliser through one small all-reduce per step.
+only (`materialize`). An image whose header reads but whose pixels do not is found by the rank
+that trains it: that sample is blanked (no targets, black tiles: the sequences keep their
+layout on every rank) and its targets leave the normaliser through one small all-reduce per
+step.
 Checkpoints every `checkpoint_every` steps and at the end of each sub-stage (jobs.checkpoint);
 on start the newest valid one is resumed: weights, optimizer, step, data position, RNG.
 Rank 0 writes progress.json (step, tokens vs budget, loss, tokens/s, ETA), a loss curve PNG,
