@@ -351,10 +351,7 @@ class KubernetesBackend(Backend):
             job_watch.start()
             pod_watch.start()
             while True:
-                for w in (job_watch, pod_watch):
-                    if w.error is not None:
-                        raise w.error
-                if job_watch.listed.is_set() and pod_watch.listed.is_set():
+                if _both_listed(job_watch, pod_watch):
                     jobs = job_watch.objects()
                     if not jobs:
                         return self._vanished(ref)
@@ -585,11 +582,9 @@ class KubernetesBackend(Backend):
             job_watch.start()
             pod_watch.start()
             while True:
-                for w in (job_watch, pod_watch):
-                    if w.error is not None:
-                        raise w.error
+                listed = _both_listed(job_watch, pod_watch)
                 pods = pod_watch.objects()
-                if job_watch.listed.is_set() and pod_watch.listed.is_set():
+                if listed:
                     jobs = job_watch.objects()
                     if not jobs:
                         return None
@@ -660,6 +655,14 @@ class KubernetesBackend(Backend):
         from sailk8s.backends.kube_lease import LeaseRunLock
 
         return LeaseRunLock(self, run, holder, lease_seconds)
+
+
+def _both_listed(*watches: ObjectWatch) -> bool:
+    """Whether every watch has its first list; a watch that failed raises its error here."""
+    for w in watches:
+        if w.error is not None:
+            raise w.error
+    return all(w.listed.is_set() for w in watches)
 
 
 def _stream_lines(resp: Any, pod: str) -> Iterator[str]:
