@@ -14,6 +14,12 @@ tiled (`max_tiles`), and the model runs in bf16 on GPU. Output shards keep every
 and add `recaption`, `captioner`, `mode` and `prompt` to the json. Sampling (`do_sample`) is
 seeded per shard and batch, so a redone shard gets the same captions.
 
+Caption quality is measured without labels (jobs.captionquality: distinct captions vs distinct
+images, the most common caption's share, lengths, loops, alt-text copies, truncation, a few
+examples) per shard and merged into report.json's `caption_quality`. The quality gate judges
+each rank's first `quality_gate.min_samples` captions of an attempt: degenerate output fails
+the stage as permanent (QualityError, exit 5) before the shard is committed.
+
 The captioner (`config.model`) is a prefix of the run's store (e.g. an sft stage's export), a
 store URI, a local path or a hub id; store-hosted models are downloaded once per node and
 attempt (or into $SAIL_MODEL_CACHE). Each rank loads it at its first pending shard.
@@ -34,16 +40,19 @@ import torch
 from PIL import Image
 from transformers import InternVLForConditionalGeneration
 
+from jobs.captionquality import CaptionQuality, gate_problems
 from jobs.model import (
     MODEL_CACHE_ENV,
+    Generated,
     VLMProcessor,
     build_model,
     device_and_dtype,
-    generate_texts,
+    generate,
     load_model,
 )
 from jobs.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
 from jobs.shards import Sample
+from sailk8s.errors import QualityError
 from sailk8s.stageconfig.caption import Config
 
 log = structlog.get_logger(__name__)
@@ -95,7 +104,7 @@ class Captioner:
 
     def generate(
         self, images: Sequence[Image.Image], prompts: Sequence[str], seed: int | None = None
-    ) -> list[str]:
+    ) -> list[Generated]:
         """One batched generate call over (image, prompt) pairs."""
         cfg = self.cfg
         gen: dict[str, Any] = {"do_sample": cfg.do_sample, "repetition_penalty": cfg.repetition_penalty}
@@ -103,16 +112,21 @@ class Captioner:
             gen.update(temperature=cfg.temperature, top_p=cfg.top_p)
             if seed is not None:
                 torch.manual_seed(seed)
-        return generate_texts(self.model, self.processor, images, prompts,
-                              max_new_tokens=cfg.max_new_tokens, max_tiles=cfg.max_tiles, **gen)
+        return generate(self.model, self.processor, images, prompts,
+                        max_new_tokens=cfg.max_new_tokens, max_tiles=cfg.max_tiles, **gen)
 
-    def caption_batch(self, batch: Sequence[tuple[Sample, Image.Image]], seed: int | None = None) -> None:
-        """Caption a batch in one call and add the output fields to each sample's json."""
+    def caption_batch(self, batch: Sequence[tuple[Sample, Image.Image]], seed: int | None = None,
+                      quality: Sequence[CaptionQuality] = ()) -> None:
+        """Caption a batch in one call, add the output fields to each json, count it in `quality`."""
         modes, prompts = zip(*(prompt_for(self.cfg, s.meta) for s, _ in batch), strict=True)
-        texts = self.generate([im for _, im in batch], list(prompts), seed=seed)
+        outs = self.generate([im for _, im in batch], list(prompts), seed=seed)
         name = self.cfg.captioner()
-        for (sample, _), mode, prompt, text in zip(batch, modes, prompts, texts, strict=True):
-            sample.meta.update(recaption=text, captioner=name, mode=mode, prompt=prompt)
+        for (sample, _), mode, prompt, out in zip(batch, modes, prompts, outs, strict=True):
+            sample.meta.update(recaption=out.text, captioner=name, mode=mode, prompt=prompt)
+            alt = alt_text_of(sample.meta, self.cfg.alt_text_field, self.cfg.max_alt_text_chars)
+            digest = hashlib.blake2b(sample.image_bytes, digest_size=16).hexdigest()
+            for q in quality:
+                q.add(sample.key, digest, prompt, out.text, alt, truncated=not out.finished)
 
 
 def batch_seed(shard_id: str, index: int) -> int:
@@ -120,15 +134,58 @@ def batch_seed(shard_id: str, index: int) -> int:
     return int.from_bytes(hashlib.sha256(f"{shard_id}/{index}".encode()).digest()[:4], "big")
 
 
-def process_shard(captioner: Captioner, shard: ShardInput, out: ShardOutput) -> None:
-    """Caption one shard batch by batch; every decoded sample is written with its caption."""
+class Gate:
+    """The quality gate of one rank in one attempt: judges its first `min_samples` captions once."""
+
+    def __init__(self, cfg: Config, rank: int) -> None:
+        self.cfg, self.rank = cfg.quality_gate, rank
+        self.seen = CaptionQuality()
+        self.judged = not self.cfg.enabled
+
+    def check(self) -> None:
+        """QualityError (permanent) when the first captions are degenerate; judged once."""
+        if self.judged or self.seen.captions < self.cfg.min_samples:
+            return
+        self.judged = True
+        problems = gate_problems(self.seen, self.cfg)
+        if problems:
+            raise QualityError(
+                f"caption quality gate: after {self.seen.captions} captions on rank {self.rank}: "
+                + "; ".join(problems) + ". The captioner's output is degenerate: check its training "
+                "(final loss, its held-out check), the prompts and max_new_tokens; "
+                "config.quality_gate sets the bounds (enabled: false turns the gate off)")
+        log.info("caption quality gate passed", rank=self.rank, captions=self.seen.captions,
+                 **{k: v for k, v in self.seen.figures().items() if k in ("distinct", "top_share")})
+
+
+def process_shard(captioner: Captioner, shard: ShardInput, out: ShardOutput,
+                  gate: Gate | None = None) -> None:
+    """Caption one shard batch by batch; every decoded sample is written with its caption.
+
+    The shard's caption-quality summary goes into its stats; the gate (if any) is checked
+    after each batch, so a degenerate captioner stops before this shard is committed.
+    """
+    quality = CaptionQuality()
     for index, batch in enumerate(shard.batches(captioner.cfg.batch_size)):
-        captioner.caption_batch(batch, seed=batch_seed(shard.shard_id, index))
+        tracked = (quality, gate.seen) if gate is not None and not gate.judged else (quality,)
+        captioner.caption_batch(batch, seed=batch_seed(shard.shard_id, index), quality=tracked)
+        if gate is not None:
+            gate.check()
         for sample, _ in batch:
             out.count(f"mode_{sample.meta['mode']}")
             if not sample.meta["recaption"]:
                 out.count("empty_captions")  # kept: the filter stage decides (and names why)
             out.write(sample)
+    out.stats.summary["caption_quality"] = quality.to_json()
+
+
+def quality_report(summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The stage's caption-quality figures, merged from its shards' summaries."""
+    total = CaptionQuality()
+    for s in summaries:
+        if "caption_quality" in s:
+            total.merge(CaptionQuality.from_json(s["caption_quality"]))
+    return total.figures()
 
 
 def model_cache_dir(stage: StageRun) -> tuple[Path, bool]:
@@ -155,14 +212,23 @@ def run() -> None:
         cfg = cfg.model_copy(update={"model": resolve_model_ref(stage.store, cfg.model, strict=False)})
     cache_dir, owned = model_cache_dir(stage)
     loaded: list[Captioner] = []
+    gate = Gate(cfg, stage.dist.rank)
 
     def process(shard: ShardInput, out: ShardOutput) -> None:
         # Lazily: a rank whose shards are all done never spends time or GPU memory on a model.
         if not loaded:
             loaded.append(Captioner.from_config(cfg, cache_dir))
-        process_shard(loaded[0], shard, out)
+        process_shard(loaded[0], shard, out, gate)
 
-    report = stage.run_map(process, max_pixels=cfg.max_image_pixels)
+    def finalize(report: dict[str, Any]) -> None:
+        q = quality_report(stage.shard_summaries)
+        report["caption_quality"] = q
+        report["summary"] = (f"{q['captions']} captions, {q['distinct']} distinct for {q['input_distinct']} "
+                             f"distinct images; most common {q['top_share']:.0%}; median {q['words']['p50']} "
+                             f"words; {q['truncated_share']:.0%} cut at max_new_tokens; "
+                             f"{q['alt_copy_share']:.0%} copy the alt-text")
+
+    report = stage.run_map(process, max_pixels=cfg.max_image_pixels, finalize=finalize)
     # Rank 0 returns a report only once every rank's shards are done: nobody reads the cache now.
     if report is not None and owned:
         shutil.rmtree(cache_dir, ignore_errors=True)

@@ -1,9 +1,12 @@
 """`python -m jobs.evaluate`: question/answer shards -> exact-match or multiple-choice accuracy.
 
 Each sample's json has `question` (with an `<image>` placeholder when it shows the image),
-`answer`, and optionally `choices`. exact_match generates an answer (greedy, batched) and
-compares after normalising case, spaces and trailing punctuation; multiple_choice scores each
-choice's log-likelihood as the reply (jobs.model.text_logprobs) and picks the best.
+`answer`, and optionally `choices` (and `choice_aliases`: choice -> other words for it).
+exact_match generates an answer (greedy, batched) and compares after normalising case, spaces
+and trailing punctuation; multiple_choice scores each choice's log-likelihood as the reply
+(jobs.model.text_logprobs) and picks the best; names_answer generates a free reply (a caption)
+and counts it correct when it names the answer and no other choice (a captioner's check).
+With `min_accuracy`, an accuracy below it fails the stage (QualityError) after the report.
 
 It runs on the shard runtime like the data stages: input shards are split over the ranks, each
 scored shard becomes a shard of prediction records (question, answer, prediction, correct; no
@@ -28,7 +31,7 @@ from jobs import model as vlm
 from jobs import shards as sh
 from jobs.modelref import resolve_model_ref
 from jobs.runtime import InputError, ShardInput, ShardOutput, StageRun, local_tmp_root, main
-from sailk8s.errors import ConfigError
+from sailk8s.errors import ConfigError, QualityError
 from sailk8s.stageconfig.evaluate import Config
 from sailk8s.store.base import ObjectStore
 
@@ -43,6 +46,15 @@ def normalize(text: str) -> str:
 def prompt_of(question: str) -> str:
     """The user text without its image placeholder (the model API puts the image first)."""
     return question.replace("<image>", "").strip()
+
+
+def names_only(prediction: str, answer: str, choices: list[str], aliases: dict[str, list[str]]) -> bool:
+    """The prediction names `answer` (or an alias) as a whole word, and no other choice."""
+    def named(choice: str) -> bool:
+        words = [choice, *aliases.get(choice, [])]
+        return any(re.search(rf"(?<!\w){re.escape(w)}(?!\w)", prediction, re.IGNORECASE) for w in words)
+
+    return named(answer) and not any(named(c) for c in choices if c != answer)
 
 
 def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[str, Any], Any]]
@@ -64,6 +76,13 @@ def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[
     else:
         preds = vlm.generate_texts(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
                                    max_tiles=cfg.max_tiles)
+    if cfg.metric == "names_answer":
+        out = []
+        for p, m in zip(preds, metas, strict=True):
+            aliases = {str(k): [str(x) for x in v] for k, v in (m.get("choice_aliases") or {}).items()}
+            choices = [str(c) for c in m.get("choices") or []]
+            out.append((p, names_only(p, str(m["answer"]), choices, aliases)))
+        return out
     norm = normalize if cfg.normalize else str.strip
     return [(p, norm(p) == norm(str(m["answer"]))) for p, m in zip(preds, metas, strict=True)]
 
@@ -143,6 +162,11 @@ def run() -> None:
                  correct=report["correct"])
         print(f"held-out accuracy: {report['accuracy']:.3f} ({report['correct']}/{report['samples']})",
               flush=True)
+        if cfg.min_accuracy is not None and report["accuracy"] < cfg.min_accuracy:
+            raise QualityError(f"{cfg.model} scores {report['accuracy']:.3f} on {report['samples']} held-out "
+                               f"samples ({cfg.metric}), below min_accuracy {cfg.min_accuracy}: the stages "
+                               f"that use this model would run on a bad one; see the examples in "
+                               f"{stage.paths.report}")
 
 
 if __name__ == "__main__":

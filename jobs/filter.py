@@ -12,12 +12,15 @@ With a dedup filter the stage runs two passes (see jobs.filters.dedup):
 2. the main pass (jobs.runtime.StageRun.run_map) drops what the global keep-first decision
    says, identical at any world size because it is a pure function of all indexes.
 Rank 0 adds the funnel (in, kept, dropped per reason in chain order) to report.json and
-draws it to `runs/<run>/<stage>/artifacts/funnel.png`.
+draws it to `runs/<run>/<stage>/artifacts/funnel.png`. A model filter with `eval_prefix` is
+measured there too: its verdicts on held-out pairs of known truth give `<type>_eval`
+(precision and recall of "drop": how well it finds mismatched captions).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import tempfile
 import time
@@ -32,7 +35,17 @@ from jobs import shards as sh
 from jobs.filters import dedup as dd
 from jobs.filters.basic import Candidate, CaptionCheck, ImageCheck, pick_text
 from jobs.filters.funnel import build_funnel, funnel_png
-from jobs.runtime import ShardInput, ShardOutput, ShardStats, StageRun, WorkUnit, local_tmp_root, main
+from jobs.runtime import (
+    InputError,
+    ShardInput,
+    ShardOutput,
+    ShardStats,
+    StageRun,
+    WorkUnit,
+    list_input_shards,
+    local_tmp_root,
+    main,
+)
 from sailk8s.stageconfig.filter import (
     AlignmentFilter,
     CaptionFilter,
@@ -258,8 +271,54 @@ def make_processor(chain: Chain,
     return process
 
 
+def verdict_quality(verdicts: Sequence[bool], truth: Sequence[bool]) -> dict[str, Any]:
+    """Precision and recall of the verdict "drop" against "truly mismatched"."""
+    tp = sum(v and t for v, t in zip(verdicts, truth, strict=True))
+    fp = sum(v and not t for v, t in zip(verdicts, truth, strict=True))
+    fn = sum(t and not v for v, t in zip(verdicts, truth, strict=True))
+    return {"pairs": len(truth), "mismatched": sum(truth), "dropped": tp + fp,
+            "precision": round(tp / (tp + fp), 4) if tp + fp else None,
+            "recall": round(tp / (tp + fn), 4) if tp + fn else None}
+
+
+def mismatch_verdict(f: JudgeFilter | AlignmentFilter, cand: Candidate, reason: str | None) -> bool:
+    """Whether the filter calls the pair mismatched: the judge by its alignment rating (below 3,
+    SAIL-VL2's rule, whatever the filter enforces), the alignment filter by its own drop."""
+    if isinstance(f, JudgeFilter):
+        align = cand.scores.get("judge_alignment")
+        return not isinstance(align, int) or align < 3
+    return reason is not None
+
+
+def evaluate_filter(stage: StageRun, chain: Chain, index: int) -> dict[str, Any]:
+    """Run model filter `index` on its held-out pairs; precision/recall of its drop verdicts."""
+    f = chain.cfg.filters[index]
+    assert isinstance(f, (JudgeFilter, AlignmentFilter)) and f.eval_prefix is not None
+    cands: list[Candidate] = []
+    truth: list[bool] = []
+    for _, key in list_input_shards(stage.store, [f.eval_prefix]):
+        for item in sh.read_shard(io.BytesIO(stage.store.get(key))):
+            value = item.meta.get(f.eval_truth_field) if isinstance(item, sh.Sample) else None
+            if not isinstance(value, bool) or isinstance(item, sh.BadSample):
+                raise InputError(f"{f.type} eval pairs under {f.eval_prefix!r}: every sample needs an image, "
+                                 f"`{f.eval_text_field}` and a boolean `{f.eval_truth_field}`")
+            cands.append(Candidate(item, pick_text(item.meta, [f.eval_text_field])))
+            truth.append(value)
+    verdicts: list[bool] = []
+    for start in range(0, len(cands), f.batch_size):
+        batch = cands[start:start + f.batch_size]
+        reasons = chain.scorer(index).score(batch)
+        verdicts += [mismatch_verdict(f, c, r) for c, r in zip(batch, reasons, strict=True)]
+    result = verdict_quality(verdicts, truth)
+    stage.log.info("model filter measured on held-out pairs", filter=f.type, **result)
+    return result
+
+
 def finalize_report(stage: StageRun, chain: Chain, report: dict[str, Any]) -> None:
-    """Add the funnel to the report and draw it into the stage's artifacts."""
+    """Add the funnel (and model filters' held-out measurements) to the report; draw the funnel."""
+    for i, f in enumerate(chain.cfg.filters):
+        if isinstance(f, (JudgeFilter, AlignmentFilter)) and f.eval_prefix:
+            report[f"{f.type}_eval"] = evaluate_filter(stage, chain, i)
     rows = build_funnel(report["samples_in"], report["dropped"], chain.steps())
     report["funnel"] = rows
     report["kept"] = report["samples_out"]
@@ -267,6 +326,11 @@ def finalize_report(stage: StageRun, chain: Chain, report: dict[str, Any]) -> No
     key = stage.paths.artifact("funnel.png")
     stage.store.put(key, png)
     report["funnel_chart"] = key
+    top = sorted(report["dropped"].items(), key=lambda kv: -kv[1])[:4]
+    measured = [f"{k[:-5]} precision {v['precision']} recall {v['recall']}"
+                for k, v in report.items() if k.endswith("_eval") and isinstance(v, dict)]
+    report["summary"] = "; ".join([f"kept {report['kept']} of {report['samples_in']}",
+                                   "dropped " + (", ".join(f"{n} {r}" for r, n in top) or "none"), *measured])
 
 
 def resolve_models(stage: StageRun, cfg: Config) -> Config:

@@ -125,7 +125,7 @@ def chunk_units(n: int, shard_size: int, out_prefix: str, set_name: str | None =
 
 @lru_cache(maxsize=8)
 def _sample_items(set_name: str, sizes: SampleSizes) -> list[smp.Item]:
-    return smp.BUILDERS[set_name](smp.SampleSizes(**sizes.model_dump()))
+    return smp.BUILDERS[set_name](sizes)
 
 
 def encode_for_store(data: bytes, img: Image.Image, mode: str) -> tuple[str, bytes]:

@@ -18,6 +18,7 @@ Public API (other stages build on these names):
     chat_prompt(processor, prompt, *, image=True) -> str   # chat-templated user turn + "assistant"
     generate_texts(model, processor, images, prompts, max_new_tokens=64, **gen) -> list[str]
         batched (left padding); prompts are raw user text, templated here
+    generate(...) -> list[Generated]            # the same, with token counts and `finished`
     text_logprobs(model, processor, images | None, prompts, texts) -> list[float]
         sum log p(text | prompt[, image]) per sample, batched
     device_and_dtype() -> (device, dtype)       # cuda + bf16 on GPU, cpu + fp32 otherwise
@@ -374,7 +375,15 @@ def _model_inputs(
     return out
 
 
-@torch.inference_mode()
+@dataclass(frozen=True)
+class Generated:
+    """One generated reply: its text, how many tokens it took, and whether it ended by itself."""
+
+    text: str
+    tokens: int
+    finished: bool  # False: cut at max_new_tokens
+
+
 def generate_texts(
     model: InternVLForConditionalGeneration,
     processor: VLMProcessor,
@@ -386,6 +395,22 @@ def generate_texts(
     **gen: Any,
 ) -> list[str]:
     """Generate one text per (image, prompt) pair in ONE batched call (left padding)."""
+    return [g.text for g in generate(model, processor, images, prompts, max_new_tokens,
+                                     max_tiles=max_tiles, **gen)]
+
+
+@torch.inference_mode()
+def generate(
+    model: InternVLForConditionalGeneration,
+    processor: VLMProcessor,
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    max_new_tokens: int = 64,
+    *,
+    max_tiles: int | None = None,
+    **gen: Any,
+) -> list[Generated]:
+    """Like `generate_texts`, with each reply's token count and whether it ended before the cap."""
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     if not prompts:
@@ -401,7 +426,13 @@ def generate_texts(
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, **gen)
     new = out[:, inputs["input_ids"].shape[1]:]
     decoded: list[str] = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-    return [t.strip() for t in decoded]
+    eos = gen["eos_token_id"]
+    stops = set(eos) if isinstance(eos, (list, tuple)) else {eos}
+    result = []
+    for row, text in zip(new.tolist(), decoded, strict=True):
+        end = next((i for i, t in enumerate(row) if t in stops), None)
+        result.append(Generated(text.strip(), len(row) if end is None else end + 1, end is not None))
+    return result
 
 
 @torch.inference_mode()

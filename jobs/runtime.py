@@ -63,7 +63,7 @@ from pydantic import BaseModel, ValidationError
 from jobs import shards as sh
 from sailk8s import exitcodes
 from sailk8s.envcontract import StageContext
-from sailk8s.errors import ConfigError, ObjectNotFound, SailError, StoreError, StoreUnavailable
+from sailk8s.errors import ConfigError, ObjectNotFound, QualityError, SailError, StoreError, StoreUnavailable
 from sailk8s.ledger.paths import StagePaths
 from sailk8s.ledger.shards import ShardLedger
 from sailk8s.store import open_store
@@ -169,19 +169,22 @@ class ShardStats:
     dropped: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)  # shard-level: empty/truncated shard
     extra: Counter[str] = field(default_factory=Counter)  # stage-specific numeric counters
+    # A stage-specific JSON summary of the shard (e.g. caption quality), merged by the stage itself.
+    summary: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """Plain-JSON form (stats files, report)."""
-        return {"samples_in": self.samples_in, "samples_out": self.samples_out,
-                "dropped": dict(sorted(self.dropped.items())), "events": dict(sorted(self.events.items())),
-                "extra": dict(sorted(self.extra.items()))}
+        """Plain-JSON form (stats files); the summary only where the stage wrote one."""
+        doc = {"samples_in": self.samples_in, "samples_out": self.samples_out,
+               "dropped": dict(sorted(self.dropped.items())), "events": dict(sorted(self.events.items())),
+               "extra": dict(sorted(self.extra.items()))}
+        return {**doc, "summary": self.summary} if self.summary else doc
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ShardStats:
         """Inverse of to_json."""
         return cls(int(data.get("samples_in", 0)), int(data.get("samples_out", 0)),
                    Counter(data.get("dropped", {})), Counter(data.get("events", {})),
-                   Counter(data.get("extra", {})))
+                   Counter(data.get("extra", {})), dict(data.get("summary", {})))
 
     def add(self, other: ShardStats) -> None:
         """Accumulate another shard's stats."""
@@ -293,6 +296,7 @@ class StageRun:
         self._total_items = 0
         self._last_progress = 0.0
         self._started = time.monotonic()
+        self.shard_summaries: list[dict[str, Any]] = []  # per shard, filled by build_report
 
     @classmethod
     def from_env(cls, config_model: type[C], env: Mapping[str, str] | None = None) -> StageRun:
@@ -466,13 +470,16 @@ class StageRun:
             delay = min(delay * 1.5, 2.0)
 
     def build_report(self, units: list[WorkUnit]) -> dict[str, Any]:
-        """Sum every shard's stats file into the stage report."""
+        """Sum every shard's stats file into the stage report (summaries go to `shard_summaries`)."""
         total = ShardStats()
         shard_seconds = 0.0
         this_attempt = 0
+        self.shard_summaries = []
         for unit in units:
             doc = json.loads(self.store.get(self.stage_key("stats", f"{unit.shard_id}.json")))
-            total.add(ShardStats.from_json(doc))
+            stats = ShardStats.from_json(doc)
+            total.add(stats)
+            self.shard_summaries.append(stats.summary)
             shard_seconds += float(doc.get("seconds", 0.0))
             this_attempt += int(doc.get("attempt") == self.ctx.attempt)
         wall = time.monotonic() - self._started
@@ -503,6 +510,8 @@ def exit_code_for(err: BaseException) -> int:
         return exitcodes.BAD_CONFIG
     if isinstance(err, InputError):
         return exitcodes.BAD_INPUT
+    if isinstance(err, QualityError):
+        return exitcodes.QUALITY
     if isinstance(err, StoreUnavailable):
         return exitcodes.TEMPFAIL
     if isinstance(err, ObjectNotFound):

@@ -9,17 +9,26 @@ Sets, each written as WebDataset shards under `<outputs[0]>/<set>/shard-NNNNNN.t
 
 - raw (600 digits + every photo, plus a few exact/near duplicates and 12 px thumbnails):
   alt_text, source, width, height (+ label, kind, alt_quality); the caption stage's input.
-- reference (60 digits + 12 photos, all also in raw): raw's fields + `caption`, a detailed
-  reference description (the stand-in for SAIL-VL's GPT-4o references).
+- reference (60 digits + 12 photos): raw's fields + `caption`, a detailed reference
+  description (the stand-in for SAIL-VL's GPT-4o references). The photos are raw's; the digits
+  are NOT in raw, so every raw digit a captioner recaptions is one it never trained on.
 - sft-knowledge (300 digits + the photos): `conversations`, "<image>\\nDescribe the image."
   -> the detailed description.
 - sft-instruction (1000 digits): `conversations`, "<image>\\nWhich digit is this? Answer
   with a single digit." -> "7"; about 15% ask odd/even instead ("odd").
 - eval (200 digits): question, answer ("7"), choices ("0".."9"), label.
+- caption-eval (the eval digits): the captioner's held-out check, as evaluate samples:
+  question "Describe this image in detail.", answer the digit, choices "0".."9" with their
+  number words as `choice_aliases`, and the reference `caption`.
+- judge (from the reference digits and photos): SAIL-VL2-style judge training conversations,
+  the filter's judge prompt with a caption -> "richness: R, alignment: A". The reference
+  caption rates 4/5; another image's caption 4/1; a noisy alt-text 1/1; a short true alt-text 2/5.
+- judge-eval (the eval digits): held-out (image, caption) pairs, every other one mismatched
+  (the caption of a digit with another label), with `mismatched` true/false.
 
 Alt-texts are of web quality on purpose: about 60% useful ("handwritten digit 7"), 25%
 noise ("IMG_4821.JPG", "free hd wallpaper download") and 15% wrong (a different digit).
-The eval digits are drawn first from a seeded permutation and appear in no other set.
+The eval digits are drawn first from a seeded permutation and appear in no training set.
 """
 
 from __future__ import annotations
@@ -34,8 +43,10 @@ import numpy as np
 from PIL import Image
 
 from jobs.shards import encode_image
+from sailk8s.stageconfig.filter import DEFAULT_JUDGE_PROMPT
+from sailk8s.stageconfig.ingest import SampleSizes
 
-SETS = ("raw", "reference", "sft-knowledge", "sft-instruction", "eval")
+CAPTION_QUESTION = "<image>\nDescribe this image in detail."
 DIGIT_QUESTION = "<image>\nWhich digit is this? Answer with a single digit."
 PARITY_QUESTION = "<image>\nIs the digit in this image odd or even? Answer with one word."
 DESCRIBE_QUESTION = "<image>\nDescribe the image."
@@ -92,23 +103,6 @@ NOISY_ALT = ("IMG_4821.JPG", "free hd wallpaper download", "click here", "image"
              "photo by admin", "best price buy now", "DSC00042", "screenshot 2019-03-02", "thumbnail")
 DIGIT_ALT = ("handwritten digit {d}", "a handwritten number {w}", "scanned digit {d} from a form",
              "number {d}", "hand-written {w} ({d})")
-
-
-@dataclass(frozen=True)
-class SampleSizes:
-    """How many samples each set gets (see the module docstring)."""
-
-    raw_digits: int = 600
-    reference_digits: int = 60
-    reference_photos: int = 12
-    sft_knowledge_digits: int = 300
-    sft_instruction_digits: int = 1000
-    eval_digits: int = 200
-    duplicates: int = 12
-    thumbnails: int = 6
-    image_size: int = 64
-    photo_max_side: int = 256
-    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -248,11 +242,17 @@ def raw_items(sizes: SampleSizes) -> list[Item]:
     return items
 
 
-def reference_items(sizes: SampleSizes) -> list[Item]:
-    """The `reference` set: a subset of raw with detailed `caption`s."""
+def reference_digits(sizes: SampleSizes) -> list[int]:
+    """The reference digits: the pool after raw's digits (cycling if the pool runs out)."""
     _, pool = _split(sizes)
+    rest = pool[sizes.raw_digits:] or pool
+    return _take(rest, sizes.reference_digits)
+
+
+def reference_items(sizes: SampleSizes) -> list[Item]:
+    """The `reference` set: digits not in raw and raw's first photos, with detailed `caption`s."""
     items = []
-    for idx in _take(pool, min(sizes.reference_digits, sizes.raw_digits)):
+    for idx in reference_digits(sizes):
         alt, quality = digit_alt_text(idx, sizes.seed)
         items.append(_digit_item(f"digit-{idx:04d}", idx, sizes,
                                  {"alt_text": alt, "alt_quality": quality, "label": digit_label(idx),
@@ -309,13 +309,81 @@ def eval_items(sizes: SampleSizes) -> list[Item]:
             for idx in held]
 
 
+def caption_eval_items(sizes: SampleSizes) -> list[Item]:
+    """The captioner's held-out check: describe an eval digit; the answer is the digit it must name."""
+    held, _ = _split(sizes)
+    aliases = {str(d): [NUMBER_WORDS[d]] for d in range(10)}
+    return [_digit_item(f"digit-{idx:04d}", idx, sizes,
+                        {"question": CAPTION_QUESTION, "answer": str(digit_label(idx)),
+                         "choices": [str(d) for d in range(10)], "choice_aliases": aliases,
+                         "caption": digit_description(idx), "label": digit_label(idx)})
+            for idx in held[: sizes.caption_eval_digits]]
+
+
+def judge_reply(richness: int, alignment: int) -> str:
+    """The judge's answer in the form `jobs.filters.scores.parse_ratings` reads."""
+    return f"richness: {richness}, alignment: {alignment}"
+
+
+def _judge_conv(caption: str, richness: int, alignment: int) -> list[dict[str, str]]:
+    return _conv("<image>\n" + DEFAULT_JUDGE_PROMPT.replace("{caption}", caption),
+                 judge_reply(richness, alignment))
+
+
+def _other_label(indices: list[int], at: int) -> int:
+    """The next digit after position `at` (cyclically) whose label differs from it."""
+    label = digit_label(indices[at])
+    for step in range(1, len(indices)):
+        other = indices[(at + step) % len(indices)]
+        if digit_label(other) != label:
+            return other
+    raise ValueError("every digit has the same label: no mismatched caption can be drawn")
+
+
+def judge_items(sizes: SampleSizes) -> list[Item]:
+    """Judge training pairs from the reference digits and photos (see the module docstring)."""
+    digits = reference_digits(sizes)
+    items: list[Item] = []
+    for n, idx in enumerate(digits):
+        label = digit_label(idx)
+        other = _other_label(digits, n)
+        rng = random.Random(f"{sizes.seed}-judge-{n}")
+        pairs = [("match", digit_description(idx), 4, 5), ("mismatch", digit_description(other), 4, 1)]
+        if n % 4 == 1:
+            pairs.append(("noisy", rng.choice(NOISY_ALT), 1, 1))
+        elif n % 4 == 3:
+            pairs.append(("short", rng.choice(DIGIT_ALT).format(d=label, w=NUMBER_WORDS[label]), 2, 5))
+        for tag, caption, rich, align in pairs:
+            items.append(_digit_item(f"digit-{idx:04d}-{tag}", idx, sizes,
+                                     {"conversations": _judge_conv(caption, rich, align), "label": label}))
+    photos = [(it, ref) for it in _raw_photo_items(sizes)[: sizes.reference_photos]
+              for name, _, ref in PHOTOS if it.meta["source"] == f"skimage.data/{name}"]
+    for n, (item, ref) in enumerate(photos):
+        wrong = next((r for _, r in photos[n + 1:] + photos[:n] if r != ref), None)
+        meta = {k: v for k, v in item.meta.items() if k != "alt_text"}
+        items.append(Item(f"{item.key}-match", item.image, {**meta, "conversations": _judge_conv(ref, 4, 5)}))
+        if wrong is not None:
+            items.append(Item(f"{item.key}-mismatch", item.image,
+                              {**meta, "conversations": _judge_conv(wrong, 4, 1)}))
+    return items
+
+
+def judge_eval_items(sizes: SampleSizes) -> list[Item]:
+    """Held-out judge pairs over the eval digits: every other caption belongs to another label."""
+    held, _ = _split(sizes)
+    digits = held[: sizes.judge_eval_pairs]
+    items = []
+    for n, idx in enumerate(digits):
+        mismatched = n % 2 == 1
+        caption = digit_description(_other_label(digits, n) if mismatched else idx)
+        items.append(_digit_item(f"digit-{idx:04d}", idx, sizes,
+                                 {"caption": caption, "mismatched": mismatched, "label": digit_label(idx)}))
+    return items
+
+
 BUILDERS = {"raw": raw_items, "reference": reference_items, "sft-knowledge": sft_knowledge_items,
-            "sft-instruction": sft_instruction_items, "eval": eval_items}
-
-
-def set_size(name: str, sizes: SampleSizes) -> int:
-    """Number of samples a set will have (cheap: builds the item list, no encoding)."""
-    return len(BUILDERS[name](sizes))
+            "sft-instruction": sft_instruction_items, "eval": eval_items,
+            "caption-eval": caption_eval_items, "judge": judge_items, "judge-eval": judge_eval_items}
 
 
 def encoded(items: list[Item], fmt: str = "png") -> Iterator[tuple[str, dict[str, Any], bytes]]:

@@ -27,6 +27,7 @@ report.json, and exports the final model (transformers format) to `export_to` / 
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import shutil
@@ -54,6 +55,7 @@ from jobs.mixstream import MixStream
 from jobs.modelref import resolve_model_ref
 from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
 from jobs.runtime import StageRun, local_tmp_root
+from jobs.tokenweights import LossWeights
 from sailk8s.errors import ConfigError
 from sailk8s.ledger import CheckpointLedger, ProgressRecord, write_report
 from sailk8s.stageconfig.training import SubStage, TrainingConfig
@@ -170,10 +172,23 @@ class Trainer:
 
         return BinStream(stream, plan, StreamPacker(self.cfg.seq_len) if self.cfg.packing else None)
 
-    def materialize(self, bins: Sequence[Bin], encoder: SampleEncoder) -> tuple[list[Bin], int]:
-        """This rank's sequences with their pixels made; (sequences, target tokens blanked)."""
+    def loss_weights(self, sub: SubStage, encoder: SampleEncoder, vocab_size: int) -> LossWeights:
+        """The sub-stage's token weights; idf counts over the first idf_samples planned samples."""
+        if sub.token_weighting == "uniform":
+            return LossWeights.uniform()
+        stream = MixStream(self.stage.store, sub.mix, seed=self.cfg.seed + 1000 * self.substages.index(sub))
+        bins = BinStream(stream, self.bins(sub, encoder, stream).plan, None)  # one sample per bin
+        samples = (b.items[0] for b in itertools.islice(bins, sub.idf_samples))
+        weights = LossWeights.idf(samples, vocab_size, sub.idf_strength)
+        self.log.info("token weights: idf", substage=sub.name, samples=sub.idf_samples, **weights.describe())
+        return weights
+
+    def materialize(self, bins: Sequence[Bin], encoder: SampleEncoder,
+                    weights: LossWeights | None = None) -> tuple[list[Bin], float]:
+        """This rank's sequences with their pixels made; (sequences, target weight blanked)."""
+        weights = weights or LossWeights.uniform()
         out: list[Bin] = []
-        blanked = 0
+        blanked = 0.0
         for b in bins:
             items = []
             for s in b.items:
@@ -182,7 +197,7 @@ class Trainer:
                     self.lost[made.reason] += 1
                     self.log.warning("sample blanked: its image does not decode", reason=made.reason,
                                      detail=made.detail[:200], source=s.source)
-                    blanked += s.target_tokens
+                    blanked += weights.of(s)
                     made = encoder.blank(s)
                 items.append(made)
             out.append(Bin(items, b.used))
@@ -224,6 +239,8 @@ class Trainer:
         if optim_state and not engine.load_optimizer_state(optim_state):
             self.log.warning("optimizer state does not fit (world size or parameters changed): "
                              "weights resumed, optimizer restarted", substage=sub.name)
+        vocab_size = int(model.get_output_embeddings().weight.shape[0])
+        weights = self.loss_weights(sub, encoder, vocab_size)
         stream = MixStream(self.stage.store, sub.mix, seed=self.cfg.seed + 1000 * state.substage,
                            order_by=self.order_by, descending=self.descending)
         self.dropped, self.lost = Counter(), Counter()
@@ -243,26 +260,28 @@ class Trainer:
             step_bins = [next(bins) for _ in range(sub.global_batch)]
             state.bins += len(step_bins)
             real = sum(b.used for b in step_bins)
-            targets = sum(s.target_tokens for b in step_bins for s in b.items)
+            # The loss normaliser: the target weight of the whole global batch (every rank plans it).
+            norm = sum(weights.of(s) for b in step_bins for s in b.items)
             engine.set_lr(lr_at(sub, progress_of(sub, state.tokens + real, state.step + 1)))
             own = step_bins[self.rank * per_rank:(self.rank + 1) * per_rank]
-            mine, blanked = self.materialize(own, encoder)  # the only pixel work: this rank's sequences
+            mine, blanked = self.materialize(own, encoder, weights)  # the only pixel work: own sequences
             if self.world > 1:
-                lost_targets = torch.tensor(blanked, dtype=torch.long, device=self.device)
-                tdist.all_reduce(lost_targets)
-                blanked = int(lost_targets)
-            targets -= blanked
-            loss_sum = torch.zeros((), dtype=torch.float64)
+                lost = torch.tensor(blanked, dtype=torch.float64, device=self.device)
+                tdist.all_reduce(lost)
+                blanked = float(lost)
+            norm -= blanked
+            # Reported loss: the plain mean cross-entropy per target token, whatever the weighting.
+            sums = torch.zeros(2, dtype=torch.float64)  # cross-entropy, target tokens
             for i in range(0, len(mine), sub.micro_batch):
                 micro = mine[i:i + sub.micro_batch]
-                part = self.micro_loss(engine.model, micro, encoder)
-                engine.backward(part / max(targets, 1))
-                loss_sum += part.detach().double().cpu()
+                weighted, plain, targets = self.micro_loss(engine.model, micro, encoder, weights)
+                engine.backward(weighted / max(norm, 1e-9))
+                sums += torch.tensor([plain, targets], dtype=torch.float64)
             engine.step()
             if self.world > 1:
-                loss_sum = loss_sum.to(self.device)  # NCCL reduces device tensors only
-                tdist.all_reduce(loss_sum)
-            loss = float(loss_sum) / max(targets, 1)
+                sums = sums.to(self.device)  # NCCL reduces device tensors only
+                tdist.all_reduce(sums)
+            loss = float(sums[0]) / max(float(sums[1]), 1.0)
             state.step += 1
             state.global_step += 1
             state.tokens += real
@@ -298,8 +317,9 @@ class Trainer:
         tdist.all_gather_object(gathered, counts)
         return sum((c for c in gathered if c is not None), Counter())
 
-    def micro_loss(self, model: torch.nn.Module, micro: list[Bin], encoder: SampleEncoder) -> torch.Tensor:
-        """Summed token cross-entropy of one micro batch (packed or padded)."""
+    def micro_loss(self, model: torch.nn.Module, micro: list[Bin], encoder: SampleEncoder,
+                   weights: LossWeights) -> tuple[torch.Tensor, float, int]:
+        """One micro batch (packed or padded): (weighted summed cross-entropy, plain sum, targets)."""
         if self.cfg.packing:
             batch = collate_packed(micro, self.cfg.seq_len, encoder.pad_id)
         else:
@@ -311,9 +331,12 @@ class Trainer:
                 self.device, dtype=torch.bfloat16 if self.bf16 else torch.float32)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             logits = model(**inputs, use_cache=False).logits
-        labels = batch["labels"].to(self.device)
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                               labels[:, 1:].reshape(-1), ignore_index=IGNORE, reduction="sum")
+        labels = batch["labels"].to(self.device)[:, 1:]
+        ce = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), labels.reshape(-1),
+                             ignore_index=IGNORE, reduction="none").view(labels.shape)
+        plain = ce.sum()
+        weighted = plain if weights.is_uniform else (ce * weights.tensor(labels)).sum()
+        return weighted, float(plain.detach()), int((labels != IGNORE).sum())
 
     # -- reporting --------------------------------------------------------------------------
     def write_progress(self, sub: SubStage, state: TrainState, loss: float, rate: float,

@@ -34,5 +34,9 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached, the bucket is missing or access is denied."""
 
 
+class QualityError(SailError):
+    """A stage's output failed a quality gate (e.g. collapsed captions). Permanent: retrying repeats it."""
+
+
 class BackendError(SailError):
     """A backend (local processes or Kubernetes) could not carry out a request."""

@@ -11,6 +11,7 @@ when its exit code is retryable (>= 128, i.e. killed by a signal) and fails the 
 | 2        | usage error (bad arguments)               | permanent |
 | 3        | bad stage config                          | permanent |
 | 4        | missing or unusable input                 | permanent |
+| 5        | a quality gate failed (degenerate output) | permanent |
 | 75       | transient dependency failure (store down) | infra     |
 | 128+N    | killed by signal N (137 SIGKILL/OOM, 143 SIGTERM/preemption) | infra |
 """
@@ -24,6 +25,7 @@ APP_ERROR = 1
 USAGE = 2
 BAD_CONFIG = 3
 BAD_INPUT = 4
+QUALITY = 5
 TEMPFAIL = 75
 SIGKILL = 137
 SIGTERM = 143
@@ -37,7 +39,7 @@ class FailureClass(StrEnum):
     PERMANENT = "permanent"  # stop at once and report the cause
 
 
-PERMANENT_CODES = frozenset({USAGE, BAD_CONFIG, BAD_INPUT})
+PERMANENT_CODES = frozenset({USAGE, BAD_CONFIG, BAD_INPUT, QUALITY})
 
 
 def classify_exit_code(code: int) -> FailureClass | None:

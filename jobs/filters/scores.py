@@ -90,6 +90,7 @@ class JudgeScorer:
         """Drop reason (or None) per candidate; ratings go to cand.scores."""
         prompts = [self.cfg.prompt.replace("{caption}", c.text or "") for c in cands]
         replies = self._generate([c.load_image(self.max_pixels) for c in cands], prompts)
+        min_rich, min_align = self.cfg.bounds()
         out: list[str | None] = []
         for cand, reply in zip(cands, replies, strict=True):
             rich, align = parse_ratings(reply)
@@ -97,9 +98,9 @@ class JudgeScorer:
             if rich is None or align is None:
                 cand.scores["judge_reply"] = reply[:200]
                 out.append(JUDGE_UNPARSEABLE if self.cfg.on_unparseable == "drop" else None)
-            elif rich < self.cfg.min_score:
+            elif rich < min_rich:
                 out.append(JUDGE_LOW_RICHNESS)
-            elif align < self.cfg.min_score:
+            elif align < min_align:
                 out.append(JUDGE_LOW_ALIGNMENT)
             else:
                 out.append(None)

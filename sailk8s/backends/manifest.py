@@ -5,7 +5,7 @@ No I/O and no API calls: the same function feeds `render`, the Kubernetes backen
 Exit codes and restarts (see sailk8s.exitcodes): replicas use restartPolicy `ExitCode`, so the
 training operator restarts a pod in place when it dies by a signal (code >= 128: SIGKILL,
 SIGTERM on preemption) up to runPolicy.backoffLimit times, and fails the job at once for codes
-1-127, which the controller then classifies (1 app, 2-4 permanent, 75 infra). The container
+1-127, which the controller then classifies (1 app, 2-5 permanent, 75 infra). The container
 runs torchrun through `python -m jobs.launch`, which exits with the first failed rank's code
 (torchrun alone exits 1 whatever its ranks returned, which would make every failure "app").
 

@@ -32,6 +32,28 @@ def _json(store: ObjectStore, key: str) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def headline(report: dict[str, Any] | None) -> str | None:
+    """A stage's headline figures from its report: caption quality, kept/in, accuracy, loss."""
+    if not report:
+        return None
+    parts: list[str] = []
+    q = report.get("caption_quality")
+    if isinstance(q, dict) and q.get("captions"):
+        parts.append(f"{q['distinct']} distinct captions / {q['input_distinct']} images, "
+                     f"top {q['top_share']:.0%}, {q['truncated_share']:.0%} cut, "
+                     f"{q['alt_copy_share']:.0%} copy alt-text")
+    if isinstance(report.get("kept"), int) and isinstance(report.get("samples_in"), int):
+        parts.append(f"kept {report['kept']}/{report['samples_in']}")
+    for name in sorted(k for k in report if k.endswith("_eval") and isinstance(report[k], dict)):
+        ev = report[name]
+        parts.append(f"{name[:-5]} P {ev.get('precision')} R {ev.get('recall')} on {ev.get('pairs')} pairs")
+    if isinstance(report.get("accuracy"), int | float):
+        parts.append(f"accuracy {report['accuracy']:.3f}")
+    if isinstance(report.get("final_loss"), int | float):
+        parts.append(f"final loss {report['final_loss']:.4f}")
+    return "; ".join(parts) or None
+
+
 def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
                backend: Backend | None) -> list[dict[str, Any]]:
     """One row per stage from state.json, the ledger (one listing per stage) and progress.json."""
@@ -72,7 +94,7 @@ def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
             "attempts": len(st.attempts) if st else 0, "attempt": last.name if last else None,
             "phase": phase, "shards_done": done, "shards_total": total, "percent": pct,
             "eta_seconds": eta, "last_error": error, "work": work,
-            "definition_changed": stage.name in changed,
+            "definition_changed": stage.name in changed, "result": headline(report),
         })
     return rows
 
@@ -92,7 +114,7 @@ def _table(run: str, state: RunState | None, rows: list[dict[str, Any]]) -> None
                              f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(state.updated_at or 0))})"
                              if state else "no run state yet")
     table = Table(title=head, title_justify="left")
-    for col in ("stage", "state", "attempts", "done", "%", "ETA", "last error"):
+    for col in ("stage", "state", "attempts", "done", "%", "ETA", "result", "last error"):
         table.add_column(col, overflow="fold")
     for r in rows:
         shards = r["work"] or (f"{r['shards_done']}/{r['shards_total']} shards" if r["shards_total"]
@@ -104,7 +126,7 @@ def _table(run: str, state: RunState | None, rows: list[dict[str, Any]]) -> None
             state_word += f" ({r['phase']})"
         table.add_row(r["stage"], state_word, str(r["attempts"]), shards,
                       "-" if r["percent"] is None else f"{r['percent']:g}", _eta(r["eta_seconds"]),
-                      r["last_error"] or "")
+                      r["result"] or "", r["last_error"] or "")
     Console().print(table)
 
 

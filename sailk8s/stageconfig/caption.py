@@ -21,6 +21,26 @@ def _fields(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name is not None}
 
 
+class QualityGate(BaseModel):
+    """Stops a caption stage whose first captions are degenerate (a collapsed or looping captioner).
+
+    Each rank judges its first `min_samples` captions of an attempt; any bound crossed fails
+    the stage as permanent (exit 5) before the rest of the data is captioned.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    min_samples: int = Field(default=64, ge=8, le=1_000_000)
+    # Share of the most common caption: above it "most captions are identical".
+    max_top_share: float = Field(default=0.5, gt=0, le=1)
+    # Distinct captions per distinct input image: below it the captioner ignores its input.
+    min_distinct_ratio: float = Field(default=0.05, ge=0, le=1)
+    max_empty_share: float = Field(default=0.5, ge=0, le=1)
+    # Mean share of word 3-grams that repeat an earlier one: above it captions loop.
+    max_repeated_ngram_ratio: float = Field(default=0.5, ge=0, le=1)
+
+
 class Config(BaseModel):
     """A caption stage: exactly one of `model` (a saved captioner) or `preset` (random init, tests)."""
 
@@ -48,6 +68,7 @@ class Config(BaseModel):
     max_tiles: int = Field(default=6, ge=1, le=40)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     max_image_pixels: int = Field(default=64_000_000, ge=1)
+    quality_gate: QualityGate = Field(default_factory=QualityGate)
 
     @field_validator("caption_prompt")
     @classmethod

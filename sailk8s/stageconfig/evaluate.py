@@ -15,8 +15,10 @@ class Config(BaseModel):
     # A saved model: a prefix of this run's store, a store URI, or a local directory.
     model: str = Field(min_length=1)
     # exact_match: generate and compare; multiple_choice: pick the choice of highest
-    # log-likelihood (needs `choices` in the sample); auto: multiple_choice when choices exist.
-    metric: Literal["auto", "exact_match", "multiple_choice"] = "auto"
+    # log-likelihood (needs `choices` in the sample); auto: multiple_choice when choices exist;
+    # names_answer: generate (e.g. a caption) and check it names the answer (or one of its
+    # `choice_aliases`) as a whole word and names no other choice.
+    metric: Literal["auto", "exact_match", "multiple_choice", "names_answer"] = "auto"
     max_new_tokens: int = Field(default=16, ge=1, le=4096)
     batch_size: int = Field(default=16, ge=1)
     max_tiles: int = Field(default=1, ge=1, le=40)
@@ -25,3 +27,6 @@ class Config(BaseModel):
     # At most this many samples, spread evenly over the input shards (ceil(limit / shards) from
     # each, first ones first); the report counts the first `limit` predictions in shard order.
     limit: int | None = Field(default=None, ge=1)
+    # A quality gate: below this accuracy the stage fails as permanent (exit 5) after writing its
+    # report, so the stages that depend on the model (e.g. a recaption) never run on a bad one.
+    min_accuracy: float | None = Field(default=None, ge=0, le=1)

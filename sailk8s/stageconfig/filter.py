@@ -71,6 +71,12 @@ class _ModelFilter(_Strict):
     preset: Literal["tiny", "sail-vl-2b"] | None = None  # random init: tests and smoke runs
     seed: int = 0
     batch_size: int = Field(default=16, ge=1, le=4096)
+    # Held-out (image, text) pairs, a store prefix of this run's store, whose json says whether
+    # the pair is mismatched (`eval_truth_field`, a bool): the filter's verdicts on them are
+    # reported as `<type>_eval: {pairs, precision, recall}` (of the verdict "drop it").
+    eval_prefix: str | None = None
+    eval_text_field: str = "caption"
+    eval_truth_field: str = "mismatched"
 
     @model_validator(mode="after")
     def _one_model(self) -> _ModelFilter:
@@ -85,9 +91,17 @@ class JudgeFilter(_ModelFilter):
     type: Literal["judge"]
     prompt: str = DEFAULT_JUDGE_PROMPT
     min_score: int = Field(default=3, ge=1, le=5)
+    # Per-rating bounds where they differ from min_score (1 keeps every rating: measured only).
+    min_richness: int | None = Field(default=None, ge=1, le=5)
+    min_alignment: int | None = Field(default=None, ge=1, le=5)
     max_new_tokens: int = Field(default=24, ge=4, le=256)
     # What to do with a reply that holds no ratings: drop (judge_unparseable) or keep.
     on_unparseable: Literal["drop", "keep"] = "drop"
+
+    def bounds(self) -> tuple[int, int]:
+        """(min richness, min alignment) a caption needs to be kept."""
+        return (self.min_score if self.min_richness is None else self.min_richness,
+                self.min_score if self.min_alignment is None else self.min_alignment)
 
     @model_validator(mode="after")
     def _prompt_has_caption(self) -> JudgeFilter:

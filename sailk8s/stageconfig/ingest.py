@@ -6,14 +6,16 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-SetName = Literal["raw", "reference", "sft-knowledge", "sft-instruction", "eval"]
-SET_NAMES: tuple[SetName, ...] = ("raw", "reference", "sft-knowledge", "sft-instruction", "eval")
+SetName = Literal["raw", "reference", "sft-knowledge", "sft-instruction", "eval", "caption-eval", "judge",
+                  "judge-eval"]
+SET_NAMES: tuple[SetName, ...] = ("raw", "reference", "sft-knowledge", "sft-instruction", "eval",
+                                  "caption-eval", "judge", "judge-eval")
 
 
 class SampleSizes(BaseModel):
     """Sizes of the built-in sample sets (`source: samples`); see jobs/samples.py."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)  # frozen: hashable, cached per size
 
     raw_digits: int = Field(default=600, ge=0, le=100_000)
     reference_digits: int = Field(default=60, ge=0, le=100_000)
@@ -21,6 +23,9 @@ class SampleSizes(BaseModel):
     sft_knowledge_digits: int = Field(default=300, ge=0, le=100_000)
     sft_instruction_digits: int = Field(default=1000, ge=0, le=100_000)
     eval_digits: int = Field(default=200, ge=1, le=1500)
+    # Held-out checks drawn from the eval digits: the captioner's, and the judge's pairs.
+    caption_eval_digits: int = Field(default=200, ge=0, le=1500)
+    judge_eval_pairs: int = Field(default=200, ge=0, le=1500)
     duplicates: int = Field(default=12, ge=0, le=10_000)
     thumbnails: int = Field(default=6, ge=0, le=10_000)
     image_size: int = Field(default=64, ge=8, le=1024)

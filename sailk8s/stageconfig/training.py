@@ -77,6 +77,12 @@ class SubStage(_Strict):
     # Sequences per optimizer step over all ranks, and per rank per micro step.
     global_batch: int = Field(default=8, ge=1)
     micro_batch: int = Field(default=4, ge=1)
+    # Loss weight of each target token: uniform (plain mean cross-entropy), or idf: tokens that
+    # few samples' targets hold (the image-dependent content of templated captions) weigh
+    # 1 + idf_strength * ln((N+1)/(df+1)), df counted over the first idf_samples of the mix.
+    token_weighting: Literal["uniform", "idf"] = "uniform"
+    idf_strength: float = Field(default=4.0, gt=0, le=100)
+    idf_samples: int = Field(default=4096, ge=16, le=1_000_000)
 
     @field_validator("mix")
     @classmethod

@@ -18,10 +18,13 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["store_throughput", "shard_pipeline", "packing", "controller_overhead",
-                                  "resume_position"])
+                                  "resume_position", "recaption_ablation"])
+@pytest.mark.timeout(900)
 def test_quick_run_prints_the_result_line(name: str) -> None:
+    # The ablation runs a small pipeline end to end (data stages, three pretrainings, probes).
+    timeout = 600 if name == "recaption_ablation" else 240
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{name}.py"), "--quick"],
-                          capture_output=True, text=True, cwd=ROOT, timeout=240)
+                          capture_output=True, text=True, cwd=ROOT, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-2000:]
     line = json.loads(proc.stdout.strip().splitlines()[-1])
     assert line["benchmark"] == name

@@ -39,7 +39,10 @@ def test_sample_sets_fields_and_held_out_eval() -> None:
     assert any(i.meta["source"].startswith("skimage.data/") for i in raw)
     ref = smp.reference_items(sizes)
     assert all(len(i.meta["caption"].split()) >= 10 for i in ref)
-    assert {i.key for i in ref} <= {i.key for i in raw}
+    # Reference photos are raw's; reference digits are not: a captioner never trained on a raw digit.
+    raw_keys = {i.key for i in raw}
+    assert {i.key for i in ref if i.meta.get("kind") == "photo"} <= raw_keys
+    assert not {i.key for i in ref if i.meta.get("kind") == "digit"} & raw_keys
     instr = smp.sft_instruction_items(sizes)
     answers = [i.meta["conversations"][1]["value"] for i in instr]
     assert all(a in set("0123456789") | {"odd", "even"} for a in answers)
@@ -50,6 +53,28 @@ def test_sample_sets_fields_and_held_out_eval() -> None:
         assert a == (str(label) if q == smp.DIGIT_QUESTION else ("even" if label % 2 == 0 else "odd"))
     know = smp.sft_knowledge_items(sizes)
     assert all(i.meta["conversations"][0]["value"] == smp.DESCRIBE_QUESTION for i in know)
+
+
+def test_held_out_checks_for_the_captioner_and_the_judge() -> None:
+    sizes = smp.SampleSizes(reference_digits=100)
+    held = {e.meta["source"] for e in smp.eval_items(sizes)}
+    checks = smp.caption_eval_items(sizes)
+    assert len(checks) == 200 and {c.meta["source"] for c in checks} == held
+    for c in checks:
+        assert c.meta["question"] == smp.CAPTION_QUESTION and c.meta["answer"] == str(c.meta["label"])
+        assert c.meta["choice_aliases"][c.meta["answer"]] == [smp.NUMBER_WORDS[c.meta["label"]]]
+    pairs = smp.judge_eval_items(sizes)
+    assert {p.meta["source"] for p in pairs} == held  # never seen by captioner or judge
+    assert sum(p.meta["mismatched"] for p in pairs) == 100
+    for p in pairs:  # a mismatched caption names another digit; a matched one the image's
+        assert (f"digit {p.meta['label']} " in p.meta["caption"]) != p.meta["mismatched"]
+    judge = smp.judge_items(sizes)
+    assert not held & {j.meta["source"] for j in judge}
+    replies = [j.meta["conversations"][1]["value"] for j in judge]
+    assert replies.count(smp.judge_reply(4, 5)) >= 100 and replies.count(smp.judge_reply(4, 1)) >= 100
+    assert {smp.judge_reply(1, 1), smp.judge_reply(2, 5)} <= set(replies)
+    for j in judge:  # the judge learns on exactly the prompt the filter asks with
+        assert j.meta["conversations"][0]["value"].startswith("<image>\nHere is a caption of the image: ")
 
 
 def test_ingest_samples_stage(store_dir: Path, make_env) -> None:

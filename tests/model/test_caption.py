@@ -9,11 +9,12 @@ import pytest
 from captionkit import make_input_shards, open_file_store, put_shard, read_outputs, stage_env
 
 from jobs import caption
+from jobs.captionquality import normalize
 from jobs.model import save_model
 from jobs.runtime import InputError, exit_code_for
 from jobs.shards import Sample, encode_image
 from sailk8s import exitcodes
-from sailk8s.errors import ConfigError
+from sailk8s.errors import ConfigError, QualityError
 from sailk8s.stageconfig import parse_stage_config
 from sailk8s.stageconfig.caption import Config
 
@@ -218,3 +219,43 @@ def test_captioner_from_a_prefix_of_the_runs_store_with_a_per_attempt_cache(
     samples = read_outputs(store, "data/recaptioned", tmp_path)["shard-000000.tar"]
     assert {s.meta["captioner"] for s in samples} == {f"{uri}/models/captioner"}
     assert not (tmp_path / "tmp" / "sail-models" / "r1-recaption-1").exists()
+
+
+# --------------------------------------------------------------------------- quality
+def test_quality_gate_stops_a_collapsed_captioner_before_its_first_shard_is_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A random-init model writes the same text for every image: the collapse the quickstart had."""
+    uri, store = open_file_store(tmp_path / "store")
+    make_input_shards(store, "data/raw", shards=2, per_shard=40)
+    cfg = {"preset": "tiny", "max_new_tokens": 8, "batch_size": 8, "quality_gate": {"min_samples": 32}}
+    with pytest.raises(QualityError) as err:
+        run_stage(monkeypatch, stage_env(uri, cfg))
+    assert exit_code_for(err.value) == exitcodes.QUALITY
+    assert exitcodes.classify_exit_code(exitcodes.QUALITY) == exitcodes.FailureClass.PERMANENT
+    msg = str(err.value)
+    assert "after 32 captions on rank 0" in msg and "same text" in msg and "quality_gate" in msg
+    assert not store.exists("runs/r1/recaption/done/shard-000000.json")  # nothing half-judged is kept
+    assert not store.exists("data/recaptioned/shard-000001.tar")  # the rest was never captioned
+
+
+def test_quality_gate_passes_a_diverse_captioner_and_the_report_has_the_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, noisy_model_uri: str
+) -> None:
+    uri, store = open_file_store(tmp_path / "store")
+    make_input_shards(store, "data/raw", shards=2, per_shard=40)
+    cfg = {"model": noisy_model_uri, "max_new_tokens": 6, "batch_size": 8,
+           "quality_gate": {"min_samples": 32}}
+    run_stage(monkeypatch, stage_env(uri, cfg))
+    report = json.loads(store.get("runs/r1/recaption/report.json"))
+    q = report["caption_quality"]
+    outs = [s for shard in read_outputs(store, "data/recaptioned", tmp_path).values() for s in shard]
+    texts = [s.meta["recaption"] for s in outs]
+    assert q["captions"] == len(outs) == 80
+    assert q["input_distinct"] == 80  # every digit image differs
+    assert q["distinct"] == len({normalize(t) for t in texts}) > 40
+    assert q["truncated_share"] > 0.5  # 6 new tokens cut most random replies
+    assert len(q["samples"]) == 8 and all(s["caption"] in texts for s in q["samples"])
+    assert "distinct" in report["summary"] and "cut at max_new_tokens" in report["summary"]
+    stats = json.loads(store.get("runs/r1/recaption/stats/shard-000000.json"))
+    assert stats["summary"]["caption_quality"]["captions"] == 40

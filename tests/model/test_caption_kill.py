@@ -24,8 +24,8 @@ import jobs.caption as c
 from jobs.runtime import main
 limit, seen = int(os.environ["KILL_AFTER"]), [0]
 original = c.Captioner.caption_batch
-def caption_then_maybe_die(self, batch, seed=None):
-    original(self, batch, seed)
+def caption_then_maybe_die(self, batch, seed=None, **kwargs):
+    original(self, batch, seed, **kwargs)
     seen[0] += len(batch)
     if seen[0] >= limit:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -89,3 +89,26 @@ def test_limit_spreads_over_the_shards(eval_store: Path) -> None:
     assert report["samples"] == 6  # the first 6 records in shard order...
     assert len(predictions(eval_store, "ev-limit")) == 8  # ...of 2 scored per shard (ceil(6 / 4))
     assert "held-out accuracy" in proc.stdout
+
+
+def test_names_answer_counts_a_caption_that_names_the_answer_and_no_other_choice() -> None:
+    from jobs.evaluate import names_only
+
+    digits, words = [str(d) for d in range(10)], {"7": ["seven"], "1": ["one"]}
+    assert names_only("A handwritten digit 7 (seven) in thin strokes", "7", digits, words)
+    assert names_only("the number SEVEN", "7", digits, words)
+    assert not names_only("A handwritten digit 7 (one)", "7", digits, words)  # names another too
+    assert not names_only("A handwritten digit 1 (one)", "7", digits, words)
+    assert not names_only("digit 17", "7", digits, words)  # whole words only
+    assert not names_only("", "7", digits, words)
+
+
+def test_min_accuracy_fails_the_stage_as_permanent_after_writing_its_report(eval_store: Path) -> None:
+    """A random model scores about chance: the gate stops what depends on it (exit 5)."""
+    from sailk8s import exitcodes
+
+    res = run_stage(eval_store, evaluate("ev-gate", metric="exact_match", min_accuracy=0.9))
+    assert res.returncode == exitcodes.QUALITY, res.stderr[-2000:]
+    assert "below min_accuracy 0.9" in res.stderr and MODEL in res.stderr
+    report = read_json(eval_store, "runs/t/ev-gate/report.json")  # written first: the user sees why
+    assert report["accuracy"] < 0.9 and report["samples"] == 40
