@@ -57,7 +57,7 @@ from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_pac
 from jobs.runtime import StageRun, local_tmp_root
 from jobs.tokenweights import LossWeights
 from sailk8s.errors import ConfigError
-from sailk8s.ledger import CheckpointLedger, ProgressRecord, write_report
+from sailk8s.ledger import CheckpointLedger, ProgressRecord, StageResults
 from sailk8s.stageconfig.training import SubStage, TrainingConfig
 
 log = structlog.get_logger(__name__)
@@ -127,6 +127,7 @@ class Trainer:
         self.ckpt = Checkpointer(CheckpointLedger(stage.store, stage.ctx.run, stage.ctx.stage),
                                  rank=self.rank, world_size=self.world, keep_latest=cfg.keep_latest,
                                  tmp_root=self.tmp)
+        self.results = StageResults(stage.store, stage.ctx.run, stage.ctx.stage)
         self.dropped: Counter[str] = Counter()  # found while planning: the same on every rank
         self.lost: Counter[str] = Counter()  # pixels that failed on this rank's own sequences
         self.started = time.monotonic()
@@ -355,16 +356,11 @@ class Trainer:
             per_step = (time.monotonic() - self.started) / max(state.global_step, 1)
             eta, unit_rate = (total - done) * per_step, 1.0 / per_step
         rec = ProgressRecord(done=done, total=total, unit=unit, rate=unit_rate, eta_seconds=eta,
-                             updated_at=time.time(), ranks=self.world, attempt=self.stage.ctx.attempt,
+                             updated_at=time.time(), world_size=self.world, attempt=self.stage.ctx.attempt,
                              substage=sub.name, substage_index=state.substage, substages=len(self.substages),
                              step=state.step, global_step=state.global_step, max_steps=sub.max_steps,
                              tokens=state.tokens, token_budget=sub.token_budget, loss=loss, tokens_per_s=rate)
-        data = rec.model_dump_json().encode()
-        try:
-            self.stage.store.put(self.stage.paths.rank_progress(0), data)
-            self.stage.store.put(self.stage.paths.progress, data)
-        except Exception as err:  # progress is advisory: never kill training for it
-            self.log.warning("progress not written", error=str(err))
+        self.results.write_progress(0, rec)  # advisory: a store failure is logged, not raised
 
     def finish(self, model: torch.nn.Module, processor: Any, state: TrainState) -> dict[str, Any]:
         report: dict[str, Any] = {"kind": self.stage.ctx.kind, "substages": state.summaries,
@@ -385,8 +381,7 @@ class Trainer:
             report["summary"] = (f"{names}: {state.global_step} steps, final loss "
                                  f"{loss if loss is None else round(loss, 4)}; model exported to {export}")
             self.loss_curve(state)
-            write_report(self.stage.store, self.stage.ctx.run, self.stage.ctx.stage, self.stage.ctx.attempt,
-                         report)
+            self.results.write_report(self.stage.ctx.attempt, report)
             self.log.info("training done", exported_to=export, final_loss=report["final_loss"])
         return report
 

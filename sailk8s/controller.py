@@ -32,10 +32,11 @@ from typing import Any
 import structlog
 
 from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, LockLost, Phase, RunLock
-from sailk8s.errors import BackendError, ConfigError, ObjectNotFound, SailError, StoreError
+from sailk8s.errors import BackendError, ConfigError, SailError, StoreError
 from sailk8s.exitcodes import FailureClass
 from sailk8s.failures import Action, decide, describe
 from sailk8s.ledger.claims import claim_outputs
+from sailk8s.ledger.results import StageResults
 from sailk8s.runstate import (
     BLOCKED,
     CANCELLED,
@@ -53,11 +54,9 @@ from sailk8s.runstate import (
     cancel_requested,
     changed_definitions,
     clear_cancel,
-    done_shards,
     load_state,
     read_cancel,
     save_state,
-    stage_key,
 )
 from sailk8s.spec import Pipeline, Stage
 from sailk8s.store.base import ObjectStore
@@ -77,12 +76,9 @@ def default_holder() -> str:
 
 
 def read_progress(store: ObjectStore, run: str, stage: str) -> dict[str, Any] | None:
-    """The stage's aggregated progress.json, or None when absent or unreadable."""
-    try:
-        data = json.loads(store.get(stage_key(run, stage, "progress.json")))
-    except (ObjectNotFound, ValueError, UnicodeDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    """The stage's progress record as a dict (for events), or None when absent or unreadable."""
+    record = StageResults(store, run, stage).read_progress()
+    return None if record is None else record.model_dump()
 
 
 def progress_mark(progress: dict[str, Any] | None) -> str | None:
@@ -92,20 +88,6 @@ def progress_mark(progress: dict[str, Any] | None) -> str | None:
     keys = [k for k in ("done", "step", "samples", "tokens") if k in progress]
     picked = {k: progress[k] for k in keys} if keys else progress
     return hashlib.sha256(json.dumps(picked, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def ledger_complete(store: ObjectStore, run: str, stage: str) -> bool:
-    """The stage's report.json exists and a done marker exists for each shard it reports."""
-    try:
-        report = json.loads(store.get(stage_key(run, stage, "report.json")))
-    except (ObjectNotFound, ValueError, UnicodeDecodeError):
-        return False
-    if not isinstance(report, dict):
-        return False
-    shards = report.get("shards")
-    if isinstance(shards, int) and shards > 0:
-        return done_shards(store, run, stage) >= shards
-    return True
 
 
 class Controller:
@@ -347,7 +329,7 @@ class Controller:
     def _complete(self, stage: Stage, st: StageState) -> bool:
         if st.state in DONE:
             return True
-        return not st.attempts and ledger_complete(self.store, self.run_name, stage.name)
+        return not st.attempts and StageResults(self.store, self.run_name, stage.name).complete()
 
     def _cancel_wanted(self, stage: Stage) -> bool:
         return cancel_requested(read_cancel(self.store, self.run_name), stage.name)
@@ -572,11 +554,7 @@ class Controller:
             last.phase, last.finished_at = Phase.CANCELLED.value, self.clock()
             log.warning("cancelled the running attempt of a stage being reset", stage=stage.name,
                         attempt=last.name)
-        for sub in ("done", "ckpt", "progress", "stats"):
-            for key in list(self.store.list(stage_key(self.run_name, stage.name, sub) + "/")):
-                self.store.delete(key)
-        for name in ("progress.json", "report.json"):
-            self.store.delete(stage_key(self.run_name, stage.name, name))
+        StageResults(self.store, self.run_name, stage.name).reset()
         for prefix in stage.outputs:
             for key in list(self.store.list(prefix.strip("/") + "/")):
                 self.store.delete(key)

@@ -64,12 +64,12 @@ def _print_summaries(pipeline: Any, store: Any, selected: list[str] | None, tty:
 
     On stderr when piped, so stdout stays JSON lines ending with run_finished.
     """
-    from sailk8s.ledger import read_report
+    from sailk8s.ledger import StageResults
 
     for stage in pipeline.order():
         if selected and stage.name not in selected:
             continue
-        report = read_report(store, pipeline.run, stage.name)
+        report = StageResults(store, pipeline.run, stage.name).read_report()
         if report and isinstance(report.get("summary"), str):
             click.echo(f"{stage.name}: {report['summary']}", err=not tty)
 

@@ -19,7 +19,8 @@ from sailk8s.cli.runtools import (
     settings_from,
 )
 from sailk8s.errors import ObjectNotFound, SailError
-from sailk8s.runstate import RunState, changed_definitions, done_shards, load_state, stage_key
+from sailk8s.ledger import StageResults
+from sailk8s.runstate import RunState, changed_definitions, load_state
 from sailk8s.spec import Pipeline
 from sailk8s.store.base import ObjectStore
 
@@ -63,9 +64,11 @@ def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
     changed = set(changed_definitions(state, pipeline.fingerprints(), names)) if state else set()
     for stage in pipeline.order():
         st = state.stages.get(stage.name) if state else None
-        progress = _json(store, stage_key(pipeline.run, stage.name, "progress.json")) or {}
-        report = _json(store, stage_key(pipeline.run, stage.name, "report.json"))
-        done = done_shards(store, pipeline.run, stage.name)
+        results = StageResults(store, pipeline.run, stage.name)
+        record = results.read_progress()
+        progress = record.model_dump() if record is not None else {}
+        report = results.read_report()
+        done = len(results.shards.done())
         total = progress.get("total") if progress.get("unit", "shards") == "shards" else None
         if total is None and report and isinstance(report.get("shards"), int):
             total = report["shards"]

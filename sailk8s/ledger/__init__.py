@@ -1,22 +1,12 @@
-"""What is done: key layout, shard markers, checkpoints, progress and reports (output first, marker last).
-
-Uses only the store, spec-level names and errors; workloads and the controller share it.
-"""
+"""What is done: key layout, shard markers, checkpoints, a stage's results, run state, output claims."""
 
 from __future__ import annotations
 
 from sailk8s.ledger.checkpoints import MANIFEST, CheckpointLedger, CorruptCheckpoint, FileEntry, Manifest
 from sailk8s.ledger.digest import sha256_bytes, sha256_file
 from sailk8s.ledger.paths import RunPaths, StagePaths, ckpt_dir_name, parse_ckpt_dir_name, segment, shard_key
-from sailk8s.ledger.progress import (
-    Progress,
-    ProgressRecord,
-    aggregate,
-    eta,
-    read_progress,
-    read_report,
-    write_report,
-)
+from sailk8s.ledger.progress import ProgressReporter
+from sailk8s.ledger.results import ProgressRecord, StageResults, eta, input_identity
 from sailk8s.ledger.shards import ShardLedger, ShardMarker
 
 __all__ = [
@@ -25,21 +15,19 @@ __all__ = [
     "CorruptCheckpoint",
     "FileEntry",
     "Manifest",
-    "Progress",
     "ProgressRecord",
+    "ProgressReporter",
     "RunPaths",
     "ShardLedger",
     "ShardMarker",
     "StagePaths",
-    "aggregate",
+    "StageResults",
     "ckpt_dir_name",
     "eta",
+    "input_identity",
     "parse_ckpt_dir_name",
-    "read_progress",
-    "read_report",
     "segment",
     "sha256_bytes",
     "sha256_file",
     "shard_key",
-    "write_report",
 ]

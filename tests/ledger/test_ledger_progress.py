@@ -8,7 +8,23 @@ import pytest
 from structlog.testing import capture_logs
 
 from sailk8s.errors import StoreUnavailable
-from sailk8s.ledger import Progress, read_progress, read_report, write_report
+from sailk8s.ledger import ProgressReporter, StageResults
+
+
+def Progress(store: Any, run: str, stage: str, **kw: Any) -> ProgressReporter:  # noqa: N802 - reads as before
+    return ProgressReporter(StageResults(store, run, stage), **kw)
+
+
+def read_progress(store: Any, run: str, stage: str, rank: int | None = None) -> Any:
+    return StageResults(store, run, stage).read_progress(rank)
+
+
+def read_report(store: Any, run: str, stage: str, attempt: int | None = None) -> Any:
+    return StageResults(store, run, stage).read_report(attempt)
+
+
+def write_report(store: Any, run: str, stage: str, attempt: int, report: dict[str, Any]) -> None:
+    StageResults(store, run, stage).write_report(attempt, report)
 
 
 class Clock:
