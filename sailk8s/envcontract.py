@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sailk8s.spec import Pipeline, Stage
+from sailk8s.stageconfig.registry import kind as registered_kind
 
 RUN = "SAIL_RUN"
 STAGE = "SAIL_STAGE"
@@ -37,7 +38,7 @@ def stage_env(pipeline: Pipeline, stage: Stage, attempt: int) -> dict[str, str]:
 
 
 def stage_command(stage: Stage, *, nnodes: int | None = None) -> list[str]:
-    """The attempt's command: torchrun over `-m jobs.<kind>`, same locally and in a pod.
+    """The attempt's command: torchrun over the kind's workload module, same locally and in a pod.
 
     In a pod the training operator sets MASTER_ADDR/PORT, WORLD_SIZE and RANK (node rank)
     and PET_NPROC_PER_NODE/PET_NNODES, which torchrun reads; locally the backend passes
@@ -47,7 +48,7 @@ def stage_command(stage: Stage, *, nnodes: int | None = None) -> list[str]:
     cmd = ["torchrun", f"--nproc-per-node={nproc}"]
     if nnodes is not None:
         cmd.append(f"--nnodes={nnodes}")
-    return [*cmd, "-m", f"jobs.{stage.kind}"]
+    return [*cmd, "-m", registered_kind(stage.kind).workload]
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sailk8s.errors import ConfigError
-
-StageKind = Literal["ingest", "caption", "filter", "pretrain", "sft", "evaluate"]
-STAGE_KINDS: tuple[str, ...] = ("ingest", "caption", "filter", "pretrain", "sft", "evaluate")
+from sailk8s.stageconfig.registry import STAGE_KINDS as STAGE_KINDS  # re-exported: tests, CLI
+from sailk8s.stageconfig.registry import kind as registered_kind
 
 # DNS-1123 label pieces: run and stage names end up in Kubernetes object names and labels.
 _NAME_RE = re.compile(r"^[a-z]([a-z0-9-]*[a-z0-9])?$")
@@ -122,7 +121,7 @@ class Stage(StrictModel):
     """One stage of the pipeline: a workload kind with its data, resources and retry policy."""
 
     name: str
-    kind: StageKind
+    kind: str  # a registered kind (sailk8s.stageconfig.registry)
     depends: list[str] = Field(default_factory=list)
     inputs: list[str] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list)
@@ -138,6 +137,11 @@ class Stage(StrictModel):
     @classmethod
     def _name(cls, v: str) -> str:
         return _check_name(v, "stage name", 30)
+
+    @field_validator("kind")
+    @classmethod
+    def _kind(cls, v: str) -> str:
+        return registered_kind(v).name
 
     @field_validator("inputs", "outputs")
     @classmethod

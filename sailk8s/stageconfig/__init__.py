@@ -1,22 +1,17 @@
-"""Per-kind config models for a stage's `config:` block. Pure pydantic, no ML imports.
-
-Each kind has a module here (`sailk8s.stageconfig.<kind>`) defining `Config`; the controller
-validates it at `validate` time and the workload parses the same model from the env contract.
-"""
+"""Per-kind config models for a stage's `config:` block (pure pydantic), and the kind registry."""
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 
 def config_model(kind: str) -> type[BaseModel]:
-    """The Config model of a stage kind."""
-    module = importlib.import_module(f"sailk8s.stageconfig.{kind}")
-    model: type[BaseModel] = module.Config
-    return model
+    """The Config model of a stage kind (sailk8s.stageconfig.registry)."""
+    from sailk8s.stageconfig.registry import kind as registered
+
+    return registered(kind).config
 
 
 def parse_stage_config(kind: str, config: dict[str, Any]) -> BaseModel:

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import NAMESPACE, ROOT, VALUE_SETS, find, is_hook
+from chartkit import CHART_DIR, NAMESPACE, ROOT, VALUE_SETS, find, is_hook
 
 from sailk8s import __version__, exitcodes
 from sailk8s.spec import STAGE_KINDS, Pipeline, parse_pipeline
@@ -237,3 +237,18 @@ def test_notes_say_how_to_follow_the_run(render_raw: Any) -> None:
     assert "python -m sailk8s status sail-demo" in notes
     assert "kubectl -n sail logs -f -l sail.io/run=sail-demo,sail.io/stage=<stage>," \
            "training.kubeflow.org/replica-type=master" in notes
+
+
+def test_the_charts_kind_images_are_the_registrys() -> None:
+    """image.kinds in values.yaml is the registry's kind -> image table, key for key."""
+    from sailk8s.stageconfig.registry import KINDS
+
+    image = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["image"]
+    assert image["kinds"] == {name: k.image for name, k in KINDS.items()}
+    assert set(image["workloads"]) == {k.image for k in KINDS.values()}
+
+
+def test_a_kind_without_an_image_fails_the_render_with_its_name(chart: Any) -> None:
+    """Before the registry, an unknown kind silently got the train image."""
+    with pytest.raises(Exception, match="sft"):  # null removes the key from Helm's merged values
+        chart.render({"image": {"kinds": {"sft": None}}}, name="x", namespace="y")

@@ -67,14 +67,13 @@ app.kubernetes.io/part-of: sail-pipeline
 {{- end -}}
 {{- end -}}
 
-{{/* Which workload image each stage kind runs. */}}
+{{/* Which workload image each stage kind runs: image.kinds names a key of image.workloads. */}}
 {{- define "sail.kindImage" -}}
-{{- $w := .root.Values.image.workloads -}}
-{{- $repo := $w.train -}}
-{{- if eq .kind "caption" -}}{{- $repo = $w.caption -}}
-{{- else if or (eq .kind "filter") (eq .kind "ingest") -}}{{- $repo = $w.filter -}}
+{{- $image := index .root.Values.image.kinds .kind | default "" -}}
+{{- if not $image -}}
+{{- fail (printf "stage kind %q has no image: add it to image.kinds (known kinds: %s)" .kind (keys .root.Values.image.kinds | sortAlpha | join ", ")) -}}
 {{- end -}}
-{{- include "sail.image" (dict "root" .root "repository" $repo) -}}
+{{- include "sail.image" (dict "root" .root "repository" (index .root.Values.image.workloads $image)) -}}
 {{- end -}}
 
 {{- define "sail.minioName" -}}
