@@ -20,7 +20,7 @@ from typing import Any
 from jobs import shards as sh
 from jobs.mixstream import MixStream
 from jobs.packing import Bin, StreamPacker, TokenizedSample
-from jobs.runtime import InputError
+from sailk8s.errors import InputError
 
 # (entry index, sample) -> a planned sample, or None when it is dropped (counted by the planner).
 Planner = Callable[[int, sh.Sample], TokenizedSample | None]

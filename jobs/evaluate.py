@@ -30,8 +30,8 @@ import structlog
 from jobs import model as vlm
 from jobs import shards as sh
 from jobs.modelref import resolve_model_ref
-from jobs.runtime import InputError, ShardInput, ShardOutput, StageRun, local_tmp_root, main
-from sailk8s.errors import ConfigError, QualityError
+from jobs.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
+from sailk8s.errors import ConfigError, InputError, QualityError
 from sailk8s.stageconfig.evaluate import Config
 from sailk8s.store.base import ObjectStore
 

@@ -36,7 +36,6 @@ from jobs.filters import dedup as dd
 from jobs.filters.basic import Candidate, CaptionCheck, ImageCheck, pick_text
 from jobs.filters.funnel import build_funnel, funnel_png
 from jobs.runtime import (
-    InputError,
     ShardInput,
     ShardOutput,
     ShardStats,
@@ -46,6 +45,7 @@ from jobs.runtime import (
     local_tmp_root,
     main,
 )
+from sailk8s.errors import InputError
 from sailk8s.stageconfig.filter import (
     AlignmentFilter,
     CaptionFilter,

@@ -26,7 +26,8 @@ from PIL import Image
 
 from jobs import samples as smp
 from jobs import shards as sh
-from jobs.runtime import InputError, ShardOutput, StageRun, WorkUnit, main
+from jobs.runtime import ShardOutput, StageRun, WorkUnit, main
+from sailk8s.errors import InputError
 from sailk8s.stageconfig.ingest import Config, SampleSizes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")

@@ -28,7 +28,7 @@ import structlog
 
 from jobs import shards as sh
 from jobs.data import field_value
-from jobs.runtime import InputError
+from sailk8s.errors import InputError
 from sailk8s.stageconfig.training import MixEntry
 from sailk8s.store.base import ObjectStore
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobs.runtime import InputError
+from sailk8s.errors import InputError
 from sailk8s.store.base import ObjectStore
 
 

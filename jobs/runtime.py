@@ -63,7 +63,7 @@ from pydantic import BaseModel, ValidationError
 from jobs import shards as sh
 from sailk8s import exitcodes
 from sailk8s.envcontract import StageContext
-from sailk8s.errors import ConfigError, ObjectNotFound, QualityError, SailError, StoreError, StoreUnavailable
+from sailk8s.errors import ConfigError, InputError, ObjectNotFound, StoreError
 from sailk8s.ledger.paths import StagePaths
 from sailk8s.ledger.shards import ShardLedger
 from sailk8s.store import open_store
@@ -72,10 +72,6 @@ from sailk8s.store.base import ObjectStore
 log = structlog.get_logger(__name__)
 
 C = TypeVar("C", bound=BaseModel)
-
-
-class InputError(SailError):
-    """A stage's input is missing or unusable (exit code 4, permanent)."""
 
 
 # ---------------------------------------------------------------------------- distributed env
@@ -504,23 +500,6 @@ class StageRun:
 
 
 # ---------------------------------------------------------------------------- entry point
-def exit_code_for(err: BaseException) -> int:
-    """Map an exception to the exit-code convention of sailk8s.exitcodes."""
-    if isinstance(err, (ConfigError, ValidationError)):
-        return exitcodes.BAD_CONFIG
-    if isinstance(err, InputError):
-        return exitcodes.BAD_INPUT
-    if isinstance(err, QualityError):
-        return exitcodes.QUALITY
-    if isinstance(err, StoreUnavailable):
-        return exitcodes.TEMPFAIL
-    if isinstance(err, ObjectNotFound):
-        return exitcodes.BAD_INPUT
-    if isinstance(err, StoreError):
-        return exitcodes.TEMPFAIL
-    return exitcodes.APP_ERROR
-
-
 def main(fn: Callable[[], Any]) -> NoReturn:
     """Run a stage's entry function: configure logging, map errors to exit codes, exit."""
     from sailk8s.logsetup import configure_logging
@@ -531,7 +510,7 @@ def main(fn: Callable[[], Any]) -> NoReturn:
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as err:
-        code = exit_code_for(err)
+        code = exitcodes.exit_code_for(err)
         if code == exitcodes.APP_ERROR:
             log.error("stage failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc())
         print(f"error: {err}", file=sys.stderr, flush=True)
@@ -546,5 +525,5 @@ def local_tmp_root() -> Path:
     return root
 
 
-__all__ = ["DistInfo", "InputError", "ShardInput", "ShardOutput", "ShardStats", "StageRun", "WorkUnit",
-           "assign_shards", "exit_code_for", "list_input_shards", "main"]
+__all__ = ["DistInfo", "ShardInput", "ShardOutput", "ShardStats", "StageRun", "WorkUnit",
+           "assign_shards", "list_input_shards", "main"]

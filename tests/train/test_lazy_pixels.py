@@ -21,8 +21,8 @@ from jobs import shards as sh
 from jobs.data import IMAGE_TOKEN_MISMATCH, Dropped, ImageRef, SampleEncoder, probe_image
 from jobs.mixstream import MixStream
 from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed
-from jobs.runtime import InputError
 from jobs.train import Trainer
+from sailk8s.errors import InputError
 from sailk8s.stageconfig.training import MixEntry
 from sailk8s.store.local import LocalStore
 from sailk8s.testing.stores import CountingStore
