@@ -1,7 +1,7 @@
 """The caption stage: (re)describe every image with a VLM captioner (`python -m jobs.caption`).
 
 Run by the local backend or a PyTorchJob as `torchrun --nproc-per-node N -m jobs.caption`;
-each rank takes its share of the input shards through the shared runtime (`jobs.runtime`),
+each rank takes its share of the input shards through the shared runtime (`jobs.core.runtime`),
 so a killed rank's unfinished shard is redone from scratch by the next attempt and finished
 ones are skipped. Two modes, as in SAIL-VL's captioner:
 
@@ -14,7 +14,7 @@ tiled (`max_tiles`), and the model runs in bf16 on GPU. Output shards keep every
 and add `recaption`, `captioner`, `mode` and `prompt` to the json. Sampling (`do_sample`) is
 seeded per shard and batch, so a redone shard gets the same captions.
 
-Caption quality is measured without labels (jobs.captionquality: distinct captions vs distinct
+Caption quality is measured without labels (jobs.filters.captionquality: distinct captions vs distinct
 images, the most common caption's share, lengths, loops, alt-text copies, truncation, a few
 examples) per shard and merged into report.json's `caption_quality`. The quality gate judges
 each rank's first `quality_gate.min_samples` captions of an attempt: degenerate output fails
@@ -40,8 +40,10 @@ import torch
 from PIL import Image
 from transformers import InternVLForConditionalGeneration
 
-from jobs.captionquality import CaptionQuality, gate_problems
-from jobs.model import (
+from jobs.core.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
+from jobs.core.shards import Sample
+from jobs.filters.captionquality import CaptionQuality, gate_problems
+from jobs.vlm.model import (
     MODEL_CACHE_ENV,
     Generated,
     VLMProcessor,
@@ -50,8 +52,6 @@ from jobs.model import (
     generate,
     load_model,
 )
-from jobs.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
-from jobs.shards import Sample
 from sailk8s.errors import QualityError
 from sailk8s.stageconfig.caption import Config
 
@@ -207,7 +207,7 @@ def run() -> None:
     stage = StageRun.from_env(Config)
     cfg = stage.typed(Config)
     if cfg.model is not None:  # a prefix of this run's store (e.g. a fine-tuned captioner) -> its URI
-        from jobs.modelref import resolve_model_ref
+        from jobs.vlm.modelref import resolve_model_ref
 
         cfg = cfg.model_copy(update={"model": resolve_model_ref(stage.store, cfg.model, strict=False)})
     cache_dir, owned = model_cache_dir(stage)

@@ -4,7 +4,7 @@ Each sample's json has `question` (with an `<image>` placeholder when it shows t
 `answer`, and optionally `choices` (and `choice_aliases`: choice -> other words for it).
 exact_match generates an answer (greedy, batched) and compares after normalising case, spaces
 and trailing punctuation; multiple_choice scores each choice's log-likelihood as the reply
-(jobs.model.text_logprobs) and picks the best; names_answer generates a free reply (a caption)
+(jobs.vlm.model.text_logprobs) and picks the best; names_answer generates a free reply (a caption)
 and counts it correct when it names the answer and no other choice (a captioner's check).
 With `min_accuracy`, an accuracy below it fails the stage (QualityError) after the report.
 
@@ -27,10 +27,10 @@ from typing import Any
 
 import structlog
 
-from jobs import model as vlm
-from jobs import shards as sh
-from jobs.modelref import resolve_model_ref
-from jobs.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
+from jobs.core import shards as sh
+from jobs.core.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
+from jobs.vlm import model as vlm
+from jobs.vlm.modelref import resolve_model_ref
 from sailk8s.errors import ConfigError, InputError, QualityError
 from sailk8s.stageconfig.evaluate import Config
 from sailk8s.store.base import ObjectStore

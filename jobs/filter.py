@@ -9,7 +9,7 @@ With a dedup filter the stage runs two passes (see jobs.filters.dedup):
    stores a per-shard index (`runs/<run>/<stage>/dedup/<config hash>/<shard>.json`); it then
    waits for the other ranks' indexes, indexing a missing one itself if nothing new has
    appeared for `steal_after_seconds` (so a dead rank cannot block it forever);
-2. the main pass (jobs.runtime.StageRun.run_map) drops what the global keep-first decision
+2. the main pass (jobs.core.runtime.StageRun.run_map) drops what the global keep-first decision
    says, identical at any world size because it is a pure function of all indexes.
 Rank 0 adds the funnel (in, kept, dropped per reason in chain order) to report.json and
 draws it to `runs/<run>/<stage>/artifacts/funnel.png`. A model filter with `eval_prefix` is
@@ -31,11 +31,8 @@ from typing import Any, Protocol
 
 import structlog
 
-from jobs import shards as sh
-from jobs.filters import dedup as dd
-from jobs.filters.basic import Candidate, CaptionCheck, ImageCheck, pick_text
-from jobs.filters.funnel import build_funnel, funnel_png
-from jobs.runtime import (
+from jobs.core import shards as sh
+from jobs.core.runtime import (
     ShardInput,
     ShardOutput,
     ShardStats,
@@ -45,6 +42,9 @@ from jobs.runtime import (
     local_tmp_root,
     main,
 )
+from jobs.filters import dedup as dd
+from jobs.filters.basic import Candidate, CaptionCheck, ImageCheck, pick_text
+from jobs.filters.funnel import build_funnel, funnel_png
 from sailk8s.errors import InputError
 from sailk8s.stageconfig.filter import (
     AlignmentFilter,
@@ -335,7 +335,7 @@ def finalize_report(stage: StageRun, chain: Chain, report: dict[str, Any]) -> No
 
 def resolve_models(stage: StageRun, cfg: Config) -> Config:
     """Model filters' `model:` may name a prefix of the run's store (e.g. the captioner export)."""
-    from jobs.modelref import resolve_model_ref
+    from jobs.vlm.modelref import resolve_model_ref
 
     filters = [f.model_copy(update={"model": resolve_model_ref(stage.store, f.model, strict=False,
                                                                field=f"config.filters[{i}].model")})

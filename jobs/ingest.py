@@ -1,14 +1,14 @@
 """The `ingest` stage (`python -m jobs.ingest`): images + alt-text -> WebDataset shards.
 
 Sources (sailk8s.stageconfig.ingest.Config):
-- `samples`: the built-in sets of jobs/samples.py, each under `<outputs[0]>/<set>/`.
+- `samples`: the built-in sets of jobs/core/samples.py, each under `<outputs[0]>/<set>/`.
 - `folder`: every image below `path` (sorted by relative path), alt-text from a sidecar
   `<name>.txt`; `jsonl` / `csv`: rows of (image path relative to the file, alt-text).
 Each sample becomes `<key>.jpg|png` + `<key>.json` with `alt_text`, `source` (the relative
 path), `width`, `height`. Unreadable rows and files are counted under a reason
 (missing_file, bad_manifest_line, missing_fields, not_an_image, decompression_bomb, ...)
 and the rest goes on. Work is split into output shards of `shard_size` samples, assigned to
-ranks and made kill-safe by jobs.runtime.
+ranks and made kill-safe by jobs.core.runtime.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from jobs import samples as smp
-from jobs import shards as sh
-from jobs.runtime import ShardOutput, StageRun, WorkUnit, main
+from jobs.core import samples as smp
+from jobs.core import shards as sh
+from jobs.core.runtime import ShardOutput, StageRun, WorkUnit, main
 from sailk8s.errors import InputError
 from sailk8s.stageconfig.ingest import Config, SampleSizes
 

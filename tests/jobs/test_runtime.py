@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from jobs_helpers import png_bytes, raw_tar, run_job
 
-from jobs import shards as sh
-from jobs.runtime import DistInfo, ShardInput, ShardOutput, StageRun, assign_shards
+from jobs.core import shards as sh
+from jobs.core.runtime import DistInfo, ShardInput, ShardOutput, StageRun, assign_shards
 from sailk8s import exitcodes
 from sailk8s.errors import ConfigError, InputError, StoreUnavailable
 from sailk8s.exitcodes import exit_code_for

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from jobs_helpers import pattern_png
 
-from jobs import shards as sh
+from jobs.core import shards as sh
 from jobs.filters.basic import Candidate
 from sailk8s.stageconfig.filter import AlignmentFilter, MiniLMFilter
 
@@ -18,8 +18,8 @@ def cand(text: str, alt: str = "", seed: int = 0) -> Candidate:
 def test_alignment_score_is_the_per_token_likelihood_gain() -> None:
     import torch
 
-    from jobs import model as vlm
     from jobs.filters.scores import AlignmentScorer
+    from jobs.vlm import model as vlm
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, InternVLForConditionalGeneration
 
-from jobs.model import (
+from jobs.vlm.model import (
     PRESETS,
     VLMProcessor,
     _config,

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jobs.shards import encode_image
+from jobs.core.shards import encode_image
 from sailk8s.stageconfig.filter import DEFAULT_JUDGE_PROMPT
 from sailk8s.stageconfig.ingest import SampleSizes
 

@@ -3,7 +3,7 @@
 Every data stage (`jobs.ingest`, `jobs.caption`, `jobs.filter`) is a `python -m jobs.X` /
 `torchrun -m jobs.X` program built like this::
 
-    from jobs.runtime import ShardInput, ShardOutput, StageRun, main
+    from jobs.core.runtime import ShardInput, ShardOutput, StageRun, main
     from sailk8s.stageconfig.caption import Config
 
     def run() -> None:
@@ -37,7 +37,7 @@ Pieces:
   earlier ones, so the funnel covers each input sample exactly once) into `report.json`:
   samples in/out, dropped by reason, shard-level events, throughput.
 - Accounting rule: for every shard, samples_in == samples_out + sum(dropped). Bad samples
-  found while reading count as in + dropped under their reason (see jobs.shards).
+  found while reading count as in + dropped under their reason (see jobs.core.shards).
 - `main(fn)`: exit codes per sailk8s.exitcodes: bad config 3, missing input 4, store
   unreachable 75, anything else 1 (with a traceback in the log).
 """
@@ -60,7 +60,7 @@ import structlog
 from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from jobs import shards as sh
+from jobs.core import shards as sh
 from sailk8s import exitcodes
 from sailk8s.envcontract import StageContext
 from sailk8s.errors import ConfigError, InputError, ObjectNotFound, StoreError

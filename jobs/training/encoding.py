@@ -11,7 +11,7 @@
 Images are tiled by the processor's image processor (InternVL dynamic tiling: up to
 `max_tiles` tiles + a thumbnail); each `<image>` placeholder becomes `<img>` + N*tiles context
 tokens + `</img>`, N = the processor's image_seq_length. The rendered chat matches
-`jobs.model.chat_prompt` (what generation sees): the image first in the user turn. A sample
+`jobs.vlm.model.chat_prompt` (what generation sees): the image first in the user turn. A sample
 whose placeholders do not match its images, or that is too long, is returned as `Dropped`
 with a reason the stage counts.
 
@@ -34,8 +34,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from jobs import shards as sh
-from jobs.packing import IGNORE, TokenizedSample
+from jobs.core import shards as sh
+from jobs.training.packing import IGNORE, TokenizedSample
 
 IMAGE_PLACEHOLDER = "<image>"
 

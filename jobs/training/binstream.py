@@ -17,9 +17,9 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jobs import shards as sh
-from jobs.mixstream import MixStream
-from jobs.packing import Bin, StreamPacker, TokenizedSample
+from jobs.core import shards as sh
+from jobs.training.mixstream import MixStream
+from jobs.training.packing import Bin, StreamPacker, TokenizedSample
 from sailk8s.errors import InputError
 
 # (entry index, sample) -> a planned sample, or None when it is dropped (counted by the planner).

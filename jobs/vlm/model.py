@@ -8,9 +8,9 @@ Public API (other stages build on these names):
         -> (InternVLForConditionalGeneration, VLMProcessor)
         random init from the preset's config; vision_from / llm_from: local paths or store URIs
         (file://, s3://) holding pretrained weights (safetensors), loaded and shape-checked.
-    build_tokenizer(vocab_size=1024)            # jobs.tokenizer: offline byte-level BPE
+    build_tokenizer(vocab_size=1024)            # jobs.vlm.tokenizer: offline byte-level BPE
     build_processor(preset="tiny", tokenizer=None, max_tiles=None) -> VLMProcessor
-    save_model(model, processor, out_dir)       # transformers format; after `import jobs.model`,
+    save_model(model, processor, out_dir)       # transformers format; after `import jobs.vlm.model`,
         InternVLForConditionalGeneration.from_pretrained + AutoProcessor.from_pretrained load it
     load_model(path_or_uri, *, device="cpu", dtype=None, cache_dir=None) -> (model, processor)
         local dir | store prefix (file:// or s3://, downloaded once into a cache) | hub id
@@ -53,8 +53,8 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.models.internvl.processing_internvl import InternVLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from jobs.tokenizer import add_internvl_tokens, build_tokenizer
-from jobs.weights import load_pretrained_part
+from jobs.vlm.tokenizer import add_internvl_tokens, build_tokenizer
+from jobs.vlm.weights import load_pretrained_part
 from sailk8s.errors import ConfigError, ObjectNotFound
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from jobs.packing import IGNORE, TokenizedSample
+from jobs.training.packing import IGNORE, TokenizedSample
 
 
 class LossWeights:

@@ -1,7 +1,7 @@
 """A deterministic stream of raw samples from a weighted mix of store prefixes, repeating epochs.
 
     stream = MixStream(store, entries, seed=0, order_by=None)
-    for entry_index, sample in stream: ...      # sample: jobs.shards.Sample (bytes + json)
+    for entry_index, sample in stream: ...      # sample: jobs.core.shards.Sample (bytes + json)
     stream.epochs, stream.dropped               # epochs started per source, bad samples by reason
 
 Sources are interleaved by smooth weighted round robin (the nginx scheme): over any window the
@@ -12,7 +12,7 @@ with `order_by` a source is instead read fully into memory and sorted by that js
 (the SFT curriculum option; meant for SFT-sized sets). When a source runs out it starts a new
 epoch and says so in the log: a budget larger than the data repeats it. The same arguments
 always give the same sequence.
-Images stay encoded bytes here: jobs.train plans samples from the image header and decodes
+Images stay encoded bytes here: jobs.training.train plans samples from the image header and decodes
 only the images of the sequences its rank trains on.
 """
 
@@ -26,8 +26,8 @@ from typing import Any
 
 import structlog
 
-from jobs import shards as sh
-from jobs.data import field_value
+from jobs.core import shards as sh
+from jobs.training.encoding import field_value
 from sailk8s.errors import InputError
 from sailk8s.stageconfig.training import MixEntry
 from sailk8s.store.base import ObjectStore

@@ -40,7 +40,7 @@ class TrainState:
     global_step: int = 0  # over all sub-stages (checkpoint numbering)
     tokens: int = 0  # real tokens trained on in this sub-stage
     bins: int = 0  # packed sequences consumed from this sub-stage's stream
-    cursor: dict[str, Any] | None = None  # jobs.binstream state: the data position without a replay
+    cursor: dict[str, Any] | None = None  # jobs.training.binstream state: the data position without a replay
     finished: bool = False  # every sub-stage is done
     losses: list[list[float]] = field(default_factory=list)  # [global_step, loss]
     summaries: list[dict[str, Any]] = field(default_factory=list)  # one per finished sub-stage

@@ -4,22 +4,22 @@
 
 For each sub-stage in order (each continuing from the previous one's weights):
 freeze policy (train projector / vision / llm), a deterministic data stream (weighted mix,
-epochs repeat when the budget is larger than the data), samples encoded (jobs.data) and
-stream-packed (jobs.packing) into `seq_len` sequences; a global batch of `global_batch`
+epochs repeat when the budget is larger than the data), samples encoded (jobs.training.encoding) and
+stream-packed (jobs.training.packing) into `seq_len` sequences; a global batch of `global_batch`
 sequences per optimizer step, split over ranks and micro batches (gradient accumulation);
-AdamW with warmup + cosine on the fraction of the budget done; DeepSpeed ZeRO (jobs.engine).
+AdamW with warmup + cosine on the fraction of the budget done; DeepSpeed ZeRO (jobs.training.engine).
 
 Every rank reads the same stream and packs the same sequences, then trains on its share, and
 the loss normaliser (target tokens of the whole global batch) is known on every rank. The data
-position is a cursor saved with each checkpoint (jobs.binstream): a resume reads a few shards,
+position is a cursor saved with each checkpoint (jobs.training.binstream): a resume reads a few shards,
 not the stream up to the position. The packing needs only each sample's token count, so
-samples are *planned* (jobs.data.SampleEncoder.plan: text tokens + the tile count from the
+samples are *planned* (jobs.training.encoding.SampleEncoder.plan: text tokens + the tile count from the
 image header, no pixel decoding) and a rank decodes and tiles the images of its own sequences
 only (`materialize`). An image whose header reads but whose pixels do not is found by the rank
 that trains it: that sample is blanked (no targets, black tiles: the sequences keep their
 layout on every rank) and its targets leave the normaliser through one small all-reduce per
 step.
-Checkpoints every `checkpoint_every` steps and at the end of each sub-stage (jobs.checkpoint);
+Checkpoints every `checkpoint_every` steps and at the end of each sub-stage (jobs.training.checkpoint);
 on start the newest valid one is resumed: weights, optimizer, step, data position, RNG.
 Rank 0 writes progress.json (step, tokens vs budget, loss, tokens/s, ETA), a loss curve PNG,
 report.json, and exports the final model (transformers format) to `export_to` / outputs[0].
@@ -44,18 +44,18 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
-from jobs import model as vlm
-from jobs import shards as sh
-from jobs.attention import use_packed_attention
-from jobs.binstream import BinStream
-from jobs.checkpoint import Checkpointer, TrainState
-from jobs.data import TRUNCATED, Dropped, ImageRef, SampleEncoder
-from jobs.engine import init_distributed, make_engine, shutdown_distributed
-from jobs.mixstream import MixStream
-from jobs.modelref import resolve_model_ref
-from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
-from jobs.runtime import StageRun, local_tmp_root
-from jobs.tokenweights import LossWeights
+from jobs.core import shards as sh
+from jobs.core.runtime import StageRun, local_tmp_root
+from jobs.training.binstream import BinStream
+from jobs.training.checkpoint import Checkpointer, TrainState
+from jobs.training.encoding import TRUNCATED, Dropped, ImageRef, SampleEncoder
+from jobs.training.engine import init_distributed, make_engine, shutdown_distributed
+from jobs.training.mixstream import MixStream
+from jobs.training.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
+from jobs.training.tokenweights import LossWeights
+from jobs.vlm import model as vlm
+from jobs.vlm.attention import use_packed_attention
+from jobs.vlm.modelref import resolve_model_ref
 from sailk8s.errors import ConfigError
 from sailk8s.ledger import CheckpointLedger, ProgressRecord, write_report
 from sailk8s.stageconfig.training import SubStage, TrainingConfig
