@@ -40,18 +40,13 @@ import torch
 from PIL import Image
 from transformers import InternVLForConditionalGeneration
 
-from jobs.core.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
+from jobs.core.runtime import StageRun, main
+from jobs.core.shardio import ShardInput, ShardOutput, local_tmp_root
 from jobs.core.shards import Sample
 from jobs.filters.captionquality import CaptionQuality, gate_problems
-from jobs.vlm.model import (
-    MODEL_CACHE_ENV,
-    Generated,
-    VLMProcessor,
-    build_model,
-    device_and_dtype,
-    generate,
-    load_model,
-)
+from jobs.vlm.inference import Generated, generate
+from jobs.vlm.model import VLMProcessor, build_model, device_and_dtype, load_model
+from jobs.vlm.modelref import MODEL_CACHE_ENV, resolve_model_ref
 from sailk8s.errors import QualityError
 from sailk8s.stageconfig.caption import Config
 
@@ -207,8 +202,6 @@ def run() -> None:
     stage = StageRun.from_env(Config)
     cfg = stage.typed(Config)
     if cfg.model is not None:  # a prefix of this run's store (e.g. a fine-tuned captioner) -> its URI
-        from jobs.vlm.modelref import resolve_model_ref
-
         cfg = cfg.model_copy(update={"model": resolve_model_ref(stage.store, cfg.model, strict=False)})
     cache_dir, owned = model_cache_dir(stage)
     loaded: list[Captioner] = []

@@ -4,7 +4,7 @@ Each sample's json has `question` (with an `<image>` placeholder when it shows t
 `answer`, and optionally `choices` (and `choice_aliases`: choice -> other words for it).
 exact_match generates an answer (greedy, batched) and compares after normalising case, spaces
 and trailing punctuation; multiple_choice scores each choice's log-likelihood as the reply
-(jobs.vlm.model.text_logprobs) and picks the best; names_answer generates a free reply (a caption)
+(jobs.vlm.inference.text_logprobs) and picks the best; names_answer generates a free reply (a caption)
 and counts it correct when it names the answer and no other choice (a captioner's check).
 With `min_accuracy`, an accuracy below it fails the stage (QualityError) after the report.
 
@@ -27,9 +27,11 @@ from typing import Any
 
 import structlog
 
-from jobs.core import shards as sh
-from jobs.core.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
-from jobs.vlm import model as vlm
+from jobs.core.runtime import StageRun, main
+from jobs.core.shardio import ShardInput, ShardOutput, local_tmp_root
+from jobs.core.shards import BadSample, Sample, read_shard
+from jobs.vlm.inference import generate_texts, text_logprobs
+from jobs.vlm.model import load_model
 from jobs.vlm.modelref import resolve_model_ref
 from sailk8s.errors import ConfigError, InputError, QualityError
 from sailk8s.stageconfig.evaluate import Config
@@ -71,10 +73,10 @@ def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[
             choices = [str(c) for c in m.get("choices") or []]
             if not choices:
                 raise InputError(f"sample needs `choices` for multiple_choice: {str(m)[:80]}")
-            lp = vlm.text_logprobs(model, processor, [img] * len(choices), [p] * len(choices), choices)
+            lp = text_logprobs(model, processor, [img] * len(choices), [p] * len(choices), choices)
             preds.append(choices[max(range(len(choices)), key=lambda i: lp[i])])
     else:
-        preds = vlm.generate_texts(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
+        preds = generate_texts(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
                                    max_tiles=cfg.max_tiles)
     if cfg.metric == "names_answer":
         out = []
@@ -100,7 +102,7 @@ def evaluate_shard(model: Any, processor: Any, cfg: Config, shard: ShardInput, o
         scored = score_batch(model, processor, cfg, [(s.meta, img) for s, img in batch])
         for (sample, _), (pred, ok) in zip(batch, scored, strict=True):
             meta = {k: sample.meta[k] for k in ("question", "answer", "choices") if k in sample.meta}
-            out.write(sh.Sample(key=sample.key, meta={**meta, "prediction": pred, "correct": ok}))
+            out.write(Sample(key=sample.key, meta={**meta, "prediction": pred, "correct": ok}))
             out.count("correct", int(ok))
 
 
@@ -108,8 +110,8 @@ def read_predictions(store: ObjectStore, keys: list[str]) -> list[dict[str, Any]
     """Every prediction record, in shard order then sample order."""
     records: list[dict[str, Any]] = []
     for key in keys:
-        for item in sh.read_shard(io.BytesIO(store.get(key)), need_image=False):
-            if not isinstance(item, sh.BadSample):
+        for item in read_shard(io.BytesIO(store.get(key)), need_image=False):
+            if not isinstance(item, BadSample):
                 records.append(item.meta)
     return records
 
@@ -142,7 +144,7 @@ def run() -> None:
     ref = resolve_model_ref(stage.store, cfg.model)
     with tempfile.TemporaryDirectory(prefix="eval-model-", dir=local_tmp_root()) as cache:
         # A fresh cache: a re-exported model under the same prefix must not be shadowed.
-        model, processor = vlm.load_model(ref, cache_dir=cache)
+        model, processor = load_model(ref, cache_dir=cache)
     # Predictions go to outputs[0] when the stage names one, else next to its report.
     prefix = stage.ctx.outputs[0].rstrip("/") if stage.ctx.outputs else stage.stage_key("predictions")
     units = stage.input_units(prefix)

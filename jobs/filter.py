@@ -31,20 +31,13 @@ from typing import Any, Protocol
 
 import structlog
 
-from jobs.core import shards as sh
-from jobs.core.runtime import (
-    ShardInput,
-    ShardOutput,
-    ShardStats,
-    StageRun,
-    WorkUnit,
-    list_input_shards,
-    local_tmp_root,
-    main,
-)
-from jobs.filters import dedup as dd
+from jobs.core.runtime import StageRun, main
+from jobs.core.shardio import ShardInput, ShardOutput, ShardStats, WorkUnit, list_input_shards, local_tmp_root
+from jobs.core.shards import BadSample, BadSampleError, Sample, read_shard
+from jobs.filters import dedup
 from jobs.filters.basic import Candidate, CaptionCheck, ImageCheck, pick_text
 from jobs.filters.funnel import build_funnel, funnel_png
+from jobs.vlm.modelref import resolve_model_ref
 from sailk8s.errors import InputError
 from sailk8s.stageconfig.filter import (
     AlignmentFilter,
@@ -90,7 +83,7 @@ def step_reasons(cfg: Any) -> tuple[str, tuple[str, ...]]:
     if isinstance(cfg, CaptionFilter):
         return "caption", CaptionCheck.reasons
     if isinstance(cfg, DedupFilter):
-        return "dedup", (dd.EXACT_DUPLICATE, dd.NEAR_DUPLICATE)
+        return "dedup", (dedup.EXACT_DUPLICATE, dedup.NEAR_DUPLICATE)
     if isinstance(cfg, JudgeFilter):
         return "judge", scores.JudgeScorer.reasons
     if isinstance(cfg, AlignmentFilter):
@@ -142,7 +135,7 @@ class Chain:
                  "text_fields": self.cfg.text_fields, "max_pixels": self.cfg.max_pixels}
         return hashlib.sha256(json.dumps(basis, sort_keys=True).encode()).hexdigest()[:12]
 
-    def candidate(self, sample: sh.Sample) -> Candidate:
+    def candidate(self, sample: Sample) -> Candidate:
         """Wrap a read sample with the caption under judgement."""
         return Candidate(sample, pick_text(sample.meta, self.cfg.text_fields))
 
@@ -150,7 +143,7 @@ class Chain:
         """Decode for filters that need pixels; the decode reason if that fails."""
         try:
             cand.load_image(self.cfg.max_pixels)
-        except sh.BadSampleError as err:
+        except BadSampleError as err:
             return err.reason
         return None
 
@@ -196,9 +189,9 @@ class Chain:
 
 
 # ---------------------------------------------------------------------------- dedup pass
-def index_shard(stage: StageRun, chain: Chain, unit: WorkUnit) -> list[dd.IndexEntry]:
+def index_shard(stage: StageRun, chain: Chain, unit: WorkUnit) -> list[dedup.IndexEntry]:
     """Hash the survivors of the pre-dedup filters in one input shard."""
-    entries: list[dd.IndexEntry] = []
+    entries: list[dedup.IndexEntry] = []
     assert unit.input_key is not None
     with tempfile.TemporaryDirectory(prefix="sail-index-", dir=local_tmp_root()) as tmp:
         local = Path(tmp) / "input.tar"
@@ -209,8 +202,8 @@ def index_shard(stage: StageRun, chain: Chain, unit: WorkUnit) -> list[dd.IndexE
             if chain.pre_dedup(cand) or chain.image_reason(cand):
                 continue
             assert cand.image is not None
-            entries.append(dd.IndexEntry(unit.shard_id, sample.key, dd.content_hash(cand.image),
-                                         dd.perceptual_hash(cand.image)))
+            entries.append(dedup.IndexEntry(unit.shard_id, sample.key, dedup.content_hash(cand.image),
+                                         dedup.perceptual_hash(cand.image)))
     return entries
 
 
@@ -225,7 +218,7 @@ def build_dedup_decision(stage: StageRun, chain: Chain, units: list[WorkUnit]) -
 
     def build(u: WorkUnit) -> None:
         entries = index_shard(stage, chain, u)
-        stage.store.put(key(u), json.dumps(dd.index_doc(entries)).encode())
+        stage.store.put(key(u), json.dumps(dedup.index_doc(entries)).encode())
 
     present = set(stage.store.list(prefix))
     for u in stage.my_units(units):
@@ -246,8 +239,8 @@ def build_dedup_decision(stage: StageRun, chain: Chain, units: list[WorkUnit]) -
             last_change = time.monotonic()
         elif missing:
             time.sleep(0.3)
-    entries = [e for u in units for e in dd.parse_index(u.shard_id, json.loads(stage.store.get(key(u))))]
-    decision = dd.decide(entries, exact=cfg.exact, near=cfg.near, max_distance=cfg.max_distance)
+    entries = [e for u in units for e in dedup.parse_index(u.shard_id, json.loads(stage.store.get(key(u))))]
+    decision = dedup.decide(entries, exact=cfg.exact, near=cfg.near, max_distance=cfg.max_distance)
     stage.log.info("dedup decision", indexed=len(entries), duplicates=len(decision))
     return decision
 
@@ -297,9 +290,9 @@ def evaluate_filter(stage: StageRun, chain: Chain, index: int) -> dict[str, Any]
     cands: list[Candidate] = []
     truth: list[bool] = []
     for _, key in list_input_shards(stage.store, [f.eval_prefix]):
-        for item in sh.read_shard(io.BytesIO(stage.store.get(key))):
-            value = item.meta.get(f.eval_truth_field) if isinstance(item, sh.Sample) else None
-            if not isinstance(value, bool) or isinstance(item, sh.BadSample):
+        for item in read_shard(io.BytesIO(stage.store.get(key))):
+            value = item.meta.get(f.eval_truth_field) if isinstance(item, Sample) else None
+            if not isinstance(value, bool) or isinstance(item, BadSample):
                 raise InputError(f"{f.type} eval pairs under {f.eval_prefix!r}: every sample needs an image, "
                                  f"`{f.eval_text_field}` and a boolean `{f.eval_truth_field}`")
             cands.append(Candidate(item, pick_text(item.meta, [f.eval_text_field])))
@@ -335,8 +328,6 @@ def finalize_report(stage: StageRun, chain: Chain, report: dict[str, Any]) -> No
 
 def resolve_models(stage: StageRun, cfg: Config) -> Config:
     """Model filters' `model:` may name a prefix of the run's store (e.g. the captioner export)."""
-    from jobs.vlm.modelref import resolve_model_ref
-
     filters = [f.model_copy(update={"model": resolve_model_ref(stage.store, f.model, strict=False,
                                                                field=f"config.filters[{i}].model")})
                if isinstance(f, (JudgeFilter, AlignmentFilter)) and f.model else f

@@ -1,46 +1,4 @@
-"""The shared workload runtime: distributed env, shard assignment, the kill-safe shard loop.
-
-Every data stage (`jobs.ingest`, `jobs.caption`, `jobs.filter`) is a `python -m jobs.X` /
-`torchrun -m jobs.X` program built like this::
-
-    from jobs.core.runtime import ShardInput, ShardOutput, StageRun, main
-    from sailk8s.stageconfig.caption import Config
-
-    def run() -> None:
-        stage = StageRun.from_env(Config)          # env contract + config + store + rank
-        def process(shard: ShardInput, out: ShardOutput) -> None:
-            for sample, image in shard.decoded():  # bad samples are counted and skipped
-                sample.meta["recaption"] = ...
-                out.write(sample)                  # or out.drop(sample, "reason")
-        stage.run_map(process, required=("alt_text",))
-
-    if __name__ == "__main__":
-        main(run)                                  # logging + errors -> exit codes
-
-Pieces:
-- `DistInfo.from_env()`: RANK / WORLD_SIZE / LOCAL_RANK as torchrun sets them (0/1/0 when
-  absent, so plain `python -m jobs.X` works).
-- `assign_shards(shards, rank, world_size)`: pure, deterministic round robin over the sorted
-  list. Assignment is over ALL shards, not the pending ones, so ranks that list the ledger
-  at different moments can never disagree about who owns a shard.
-- `StageRun.run_map(process)`: one output shard per input shard (same id) under
-  `outputs[0]`. For each of this rank's shards that the ledger says is pending (one
-  listing): download the input to a temp dir, call `process`, write the output tar locally,
-  upload it (atomic put), write the shard's stats (`runs/<run>/<stage>/stats/<id>.json`),
-  THEN the done marker. A kill at any moment leaves either a finished shard or one that the
-  next attempt redoes from scratch, producing the same bytes (writers are deterministic).
-- `StageRun.run_units(units, produce)`: the same loop for stages without input shards
-  (ingest): each `WorkUnit` names an output shard that `produce(unit, out)` fills.
-- Progress: every `progress_seconds` each rank writes `progress/rank-<r>.json`; rank 0 also
-  sums them into `progress.json`.
-- Report: when all shards are done, rank 0 sums every shard's stats (from this attempt or
-  earlier ones, so the funnel covers each input sample exactly once) into `report.json`:
-  samples in/out, dropped by reason, shard-level events, throughput.
-- Accounting rule: for every shard, samples_in == samples_out + sum(dropped). Bad samples
-  found while reading count as in + dropped under their reason (see jobs.core.shards).
-- `main(fn)`: exit codes per sailk8s.exitcodes: bad config 3, missing input 4, store
-  unreachable 75, anything else 1 (with a traceback in the log).
-"""
+"""The stage attempt in this process: the kill-safe shard loop, progress, the report, `main`."""
 
 from __future__ import annotations
 
@@ -50,17 +8,16 @@ import sys
 import tempfile
 import time
 import traceback
-from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import structlog
-from PIL import Image
 from pydantic import BaseModel, ValidationError
 
-from jobs.core import shards as sh
+from jobs.core.dist import DistInfo, assign_shards
+from jobs.core.shardio import ShardInput, ShardOutput, ShardStats, WorkUnit, list_input_shards, local_tmp_root
+from jobs.core.shards import DEFAULT_MAX_PIXELS, ShardWriter, file_sha256
 from sailk8s import exitcodes
 from sailk8s.envcontract import StageContext
 from sailk8s.errors import ConfigError, InputError, ObjectNotFound, StoreError
@@ -74,211 +31,26 @@ log = structlog.get_logger(__name__)
 C = TypeVar("C", bound=BaseModel)
 
 
-# ---------------------------------------------------------------------------- distributed env
-@dataclass(frozen=True)
-class DistInfo:
-    """This process's place in the job: global rank, world size, rank on its node."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> DistInfo:
-        """Read torchrun's RANK/WORLD_SIZE/LOCAL_RANK; defaults make one process work."""
-        env = os.environ if env is None else env
-
-        def num(var: str, default: int) -> int:
-            raw = env.get(var, "")
-            try:
-                return int(raw) if raw != "" else default
-            except ValueError:
-                raise ConfigError(f"{var} must be an integer, got {raw!r}") from None
-
-        info = cls(num("RANK", 0), num("WORLD_SIZE", 1), num("LOCAL_RANK", 0))
-        if info.world_size < 1 or not 0 <= info.rank < info.world_size:
-            raise ConfigError(f"RANK={info.rank} is not in [0, WORLD_SIZE={info.world_size})")
-        return info
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0 aggregates progress and writes the report."""
-        return self.rank == 0
-
-
-T = TypeVar("T")
-
-
-def assign_shards(shards: Sequence[T], rank: int, world_size: int) -> list[T]:
-    """This rank's share: round robin over the list in sorted order. Pure and deterministic."""
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"rank {rank} is not in [0, {world_size})")
-    return sorted(shards)[rank::world_size]  # type: ignore[type-var]
-
-
-# ---------------------------------------------------------------------------- work units
-@dataclass(frozen=True, order=True)
-class WorkUnit:
-    """One shard of work: its id (ledger key), input key (None for generators), output key."""
-
-    shard_id: str
-    output_key: str
-    input_key: str | None = None
-    params: tuple[tuple[str, Any], ...] = ()
-
-    def param(self, name: str, default: Any = None) -> Any:
-        """A producer-specific parameter of this unit."""
-        return dict(self.params).get(name, default)
-
-
-def list_input_shards(store: ObjectStore, prefixes: Sequence[str]) -> list[tuple[str, str]]:
-    """(shard_id, key) of every `*.tar` directly under each prefix, in order.
-
-    One input prefix keeps the file stems as ids (shard-000003); with several, ids are
-    renumbered over the concatenation so they stay unique.
-    """
-    if not prefixes:
-        raise InputError("the stage has no inputs: set `inputs:` to the prefix of its input shards")
-    found: list[list[str]] = []
-    for prefix in prefixes:
-        base = prefix.rstrip("/") + "/"
-        try:
-            keys = [k for k in store.list(base) if k.endswith(".tar") and "/" not in k[len(base):]]
-        except ObjectNotFound:
-            keys = []
-        if not keys:
-            raise InputError(f"input prefix {prefix!r} has no shards (*.tar) in {store.describe(base)}")
-        found.append(sorted(keys))
-    if len(found) == 1:
-        return [(k.rsplit("/", 1)[-1][: -len(".tar")], k) for k in found[0]]
-    flat = [k for keys in found for k in keys]
-    return [(sh.shard_name(i)[: -len(".tar")], k) for i, k in enumerate(flat)]
-
-
-# ---------------------------------------------------------------------------- per-shard I/O
-@dataclass
-class ShardStats:
-    """What happened to one shard's samples; summed across shards into the report."""
-
-    samples_in: int = 0
-    samples_out: int = 0
-    dropped: Counter[str] = field(default_factory=Counter)
-    events: Counter[str] = field(default_factory=Counter)  # shard-level: empty/truncated shard
-    extra: Counter[str] = field(default_factory=Counter)  # stage-specific numeric counters
-    # A stage-specific JSON summary of the shard (e.g. caption quality), merged by the stage itself.
-    summary: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain-JSON form (stats files); the summary only where the stage wrote one."""
-        doc = {"samples_in": self.samples_in, "samples_out": self.samples_out,
-               "dropped": dict(sorted(self.dropped.items())), "events": dict(sorted(self.events.items())),
-               "extra": dict(sorted(self.extra.items()))}
-        return {**doc, "summary": self.summary} if self.summary else doc
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ShardStats:
-        """Inverse of to_json."""
-        return cls(int(data.get("samples_in", 0)), int(data.get("samples_out", 0)),
-                   Counter(data.get("dropped", {})), Counter(data.get("events", {})),
-                   Counter(data.get("extra", {})), dict(data.get("summary", {})))
-
-    def add(self, other: ShardStats) -> None:
-        """Accumulate another shard's stats."""
-        self.samples_in += other.samples_in
-        self.samples_out += other.samples_out
-        self.dropped.update(other.dropped)
-        self.events.update(other.events)
-        self.extra.update(other.extra)
-
-
-class ShardInput:
-    """Iterates one local input shard's samples; bad ones are counted as dropped and skipped."""
-
-    def __init__(self, unit: WorkUnit, path: Path | None, stats: ShardStats, tick: Callable[[], None],
-                 required: Sequence[str] = (), need_image: bool = True,
-                 max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> None:
-        self.unit, self.path, self.stats = unit, path, stats
-        self.required, self.need_image, self.max_pixels = required, need_image, max_pixels
-        self._tick = tick
-
-    @property
-    def shard_id(self) -> str:
-        return self.unit.shard_id
-
-    def __iter__(self) -> Iterator[sh.Sample]:
-        if self.path is None:
-            return
-        for item in sh.read_shard(self.path, required=self.required, need_image=self.need_image):
-            if isinstance(item, sh.BadSample):
-                if item.key == "":  # shard-level: no sample behind it
-                    self.stats.events[item.reason] += 1
-                    log.warning("shard problem", shard=self.shard_id, reason=item.reason, detail=item.detail)
-                else:
-                    self.stats.samples_in += 1
-                    self.stats.dropped[item.reason] += 1
-                continue
-            self.stats.samples_in += 1
-            self._tick()
-            yield item
-
-    def decoded(self) -> Iterator[tuple[sh.Sample, Image.Image]]:
-        """(sample, RGB image) pairs; undecodable images are dropped under their reason."""
-        for sample in self:
-            try:
-                yield sample, sample.decode(self.max_pixels)
-            except sh.BadSampleError as err:
-                self.stats.dropped[err.reason] += 1
-
-    def batches(self, size: int) -> Iterator[list[tuple[sh.Sample, Image.Image]]]:
-        """Decoded pairs in lists of up to `size` (for batched models)."""
-        batch: list[tuple[sh.Sample, Image.Image]] = []
-        for pair in self.decoded():
-            batch.append(pair)
-            if len(batch) >= size:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
-
-
-class ShardOutput:
-    """Collects one output shard: kept samples are written, dropped ones counted by reason."""
-
-    def __init__(self, writer: sh.ShardWriter, stats: ShardStats) -> None:
-        self.writer, self.stats = writer, stats
-
-    def write(self, sample: sh.Sample) -> None:
-        """Keep a sample (written to the output shard in call order)."""
-        self.writer.write(sample)
-        self.stats.samples_out += 1
-
-    def drop(self, sample: sh.Sample | str, reason: str) -> None:
-        """Count a sample as dropped under `reason` (a read sample that is not written)."""
-        self.stats.dropped[reason] += 1
-
-    def count(self, name: str, value: int = 1) -> None:
-        """Add to a stage-specific counter reported under `extra`."""
-        self.stats.extra[name] += value
-
-    def reject(self, reason: str) -> None:
-        """Count a generated or listed item that never became a sample (in + dropped)."""
-        self.stats.samples_in += 1
-        self.stats.dropped[reason] += 1
-
-    def new_sample(self, key: str, meta: dict[str, Any], files: dict[str, bytes] | None = None,
-                   image_ext: str | None = None) -> sh.Sample:
-        """A generated sample (generator stages): counted as in, then written with write()."""
-        self.stats.samples_in += 1
-        return sh.Sample(key=key, meta=meta, image_ext=image_ext, files=files or {})
-
-
-# ---------------------------------------------------------------------------- the stage run
 ProcessShard = Callable[[ShardInput, ShardOutput], None]
 ProduceUnit = Callable[[WorkUnit, ShardOutput], None]
 
 
 class StageRun:
-    """One stage attempt in this process: context, typed config, store, rank and the loop."""
+    """One stage attempt in this process: context, typed config, store, rank and the loop.
+
+    A data stage module is built like this (bad samples are counted and skipped for it)::
+
+        def run() -> None:
+            stage = StageRun.from_env(Config)
+            def process(shard: ShardInput, out: ShardOutput) -> None:
+                for sample, image in shard.decoded():
+                    sample.meta["recaption"] = ...
+                    out.write(sample)                  # or out.drop(sample, "reason")
+            stage.run_map(process, required=("alt_text",))
+
+        if __name__ == "__main__":
+            main(run)
+    """
 
     def __init__(self, ctx: StageContext, config: BaseModel, store: ObjectStore, dist: DistInfo,
                  *, progress_seconds: float = 5.0, wait_timeout: float = 6 * 3600.0) -> None:
@@ -335,10 +107,14 @@ class StageRun:
 
     # -- loops --------------------------------------------------------------------------
     def run_map(self, process: ProcessShard, *, required: Sequence[str] = (), need_image: bool = True,
-                max_pixels: int = sh.DEFAULT_MAX_PIXELS, units: list[WorkUnit] | None = None,
+                max_pixels: int = DEFAULT_MAX_PIXELS, units: list[WorkUnit] | None = None,
                 finalize: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any] | None:
-        """Map every input shard through `process` into an output shard; see module docstring.
+        """Map every input shard through `process` into an output shard with the same id.
 
+        For each of this rank's shards that the ledger says is pending (one listing): download
+        the input to a temp dir, call `process`, write the output tar locally, upload it, write
+        the shard's stats, THEN its done marker. A kill at any moment leaves either a finished
+        shard or one that the next attempt redoes from scratch, producing the same bytes.
         `units`: input_units() with another output prefix (default: under outputs[0]).
         """
         units = self.input_units() if units is None else units
@@ -393,13 +169,13 @@ class StageRun:
         with tempfile.TemporaryDirectory(prefix=f"sail-{unit.shard_id}-", dir=local_tmp_root()) as d:
             tmp = Path(d)
             local_out = tmp / "output.tar"
-            with sh.ShardWriter(local_out) as writer:
+            with ShardWriter(local_out) as writer:
                 produce(unit, ShardOutput(writer, stats), tmp)
             lost = stats.samples_in - stats.samples_out - sum(stats.dropped.values())
             if lost:
                 # A stage that neither writes nor drops a sample it read is a bug: fail loudly.
                 raise RuntimeError(f"shard {unit.shard_id}: {lost} sample(s) neither written nor dropped")
-            digest = sh.file_sha256(local_out)
+            digest = file_sha256(local_out)
             self.store.put_file(unit.output_key, local_out)
         stats_doc = {**stats.to_json(), "shard": unit.shard_id, "output": unit.output_key,
                      "sha256": digest, "attempt": self.ctx.attempt, "rank": self.dist.rank,
@@ -417,6 +193,7 @@ class StageRun:
         self._write_progress(force=False)
 
     def _write_progress(self, force: bool) -> None:
+        """At most every progress_seconds (unless forced): this rank's progress; rank 0 also sums all."""
         now = time.monotonic()
         if not force and now - self._last_progress < self.progress_seconds:
             return
@@ -466,7 +243,10 @@ class StageRun:
             delay = min(delay * 1.5, 2.0)
 
     def build_report(self, units: list[WorkUnit]) -> dict[str, Any]:
-        """Sum every shard's stats file into the stage report (summaries go to `shard_summaries`)."""
+        """Sum every shard's stats file into the stage report (summaries go to `shard_summaries`).
+
+        Stats from this attempt and earlier ones alike, so the report covers each input sample once.
+        """
         total = ShardStats()
         shard_seconds = 0.0
         this_attempt = 0
@@ -499,9 +279,12 @@ class StageRun:
                       dropped=report["dropped"])
 
 
-# ---------------------------------------------------------------------------- entry point
 def main(fn: Callable[[], Any]) -> NoReturn:
-    """Run a stage's entry function: configure logging, map errors to exit codes, exit."""
+    """Run a stage's entry function: configure logging, map errors to exit codes, exit.
+
+    The codes are sailk8s.exitcodes': bad config 3, missing input 4, failed quality gate 5,
+    store unreachable 75, anything else 1 (with a traceback in the log).
+    """
     from sailk8s.logsetup import configure_logging
 
     configure_logging(os.environ.get("SAIL_LOG_FORMAT", "console"), os.environ.get("SAIL_LOG_LEVEL", "INFO"))
@@ -516,14 +299,3 @@ def main(fn: Callable[[], Any]) -> NoReturn:
         print(f"error: {err}", file=sys.stderr, flush=True)
         sys.exit(code)
     sys.exit(exitcodes.OK)
-
-
-def local_tmp_root() -> Path:
-    """Where shards are staged locally ($SAIL_TMPDIR or the system temp dir)."""
-    root = Path(os.environ.get("SAIL_TMPDIR") or tempfile.gettempdir())
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
-__all__ = ["DistInfo", "ShardInput", "ShardOutput", "ShardStats", "StageRun", "WorkUnit",
-           "assign_shards", "list_input_shards", "main"]

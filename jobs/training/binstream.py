@@ -17,13 +17,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jobs.core import shards as sh
+from jobs.core.shards import Sample
 from jobs.training.mixstream import MixStream
 from jobs.training.packing import Bin, StreamPacker, TokenizedSample
 from sailk8s.errors import InputError
 
 # (entry index, sample) -> a planned sample, or None when it is dropped (counted by the planner).
-Planner = Callable[[int, sh.Sample], TokenizedSample | None]
+Planner = Callable[[int, Sample], TokenizedSample | None]
 
 
 class BinStream:
@@ -32,7 +32,7 @@ class BinStream:
     def __init__(self, stream: MixStream, plan: Planner, packer: StreamPacker | None) -> None:
         self.stream, self.plan, self.packer = stream, plan, packer
         self.pending: deque[Bin] = deque()  # closed, not handed out yet
-        self._samples: Iterator[tuple[int, sh.Sample]] | None = None
+        self._samples: Iterator[tuple[int, Sample]] | None = None
         self.shards_read_on_restore = 0
 
     def __iter__(self) -> BinStream:
@@ -52,7 +52,7 @@ class BinStream:
                 self.pending.extend(self.packer.add(enc))
         return self.pending.popleft()
 
-    def _planned(self, idx: int, sample: sh.Sample) -> TokenizedSample | None:
+    def _planned(self, idx: int, sample: Sample) -> TokenizedSample | None:
         enc = self.plan(idx, sample)
         if enc is not None:
             enc.origin = (idx, sample.shard, sample.key)
@@ -78,7 +78,7 @@ class BinStream:
         self.stream.restore(state["stream"])
         saved = [b for group in ("open", "pending") for b in state[group]]
         wanted = {(int(i), str(shard)) for b in saved for i, shard, _ in b}
-        found: dict[tuple[int, str], dict[str, sh.Sample]] = {
+        found: dict[tuple[int, str], dict[str, Sample]] = {
             (i, shard): self.stream.readers[i].fetch(shard) for i, shard in sorted(wanted)}
         self.shards_read_on_restore = len(found)
 

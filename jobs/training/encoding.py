@@ -34,7 +34,7 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from jobs.core import shards as sh
+from jobs.core import shards
 from jobs.training.packing import IGNORE, TokenizedSample
 
 IMAGE_PLACEHOLDER = "<image>"
@@ -73,12 +73,12 @@ class ImageRef:
         return cls(image.size, lambda: image)
 
     @classmethod
-    def of_bytes(cls, data: bytes, max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> ImageRef:
+    def of_bytes(cls, data: bytes, max_pixels: int = shards.DEFAULT_MAX_PIXELS) -> ImageRef:
         """Encoded bytes: the header is read now (BadSampleError if unusable), pixels on `load`."""
-        return cls(probe_image(data, max_pixels), lambda: sh.decode_image(data, max_pixels=max_pixels))
+        return cls(probe_image(data, max_pixels), lambda: shards.decode_image(data, max_pixels=max_pixels))
 
 
-def probe_image(data: bytes, max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def probe_image(data: bytes, max_pixels: int = shards.DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from the header, with `decode_image`'s header guards and reasons."""
     try:
         with warnings.catch_warnings():
@@ -87,10 +87,10 @@ def probe_image(data: bytes, max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> tuple[i
                 w, h = img.size
     except Exception:
         # The header does not read: decoding fails at the same point and names the reason.
-        sh.decode_image(data, max_pixels=max_pixels)
-        raise sh.BadSampleError(sh.NOT_AN_IMAGE, "unreadable image header") from None
+        shards.decode_image(data, max_pixels=max_pixels)
+        raise shards.BadSampleError(shards.NOT_AN_IMAGE, "unreadable image header") from None
     if w <= 0 or h <= 0 or w * h > max_pixels:
-        raise sh.BadSampleError(sh.DECOMPRESSION_BOMB, f"{w}x{h}")
+        raise shards.BadSampleError(shards.DECOMPRESSION_BOMB, f"{w}x{h}")
     return w, h
 
 
@@ -152,7 +152,7 @@ class SampleEncoder:
             return sample
         try:
             px = sample.load_pixels()
-        except sh.BadSampleError as err:  # the header read, the pixels do not
+        except shards.BadSampleError as err:  # the header read, the pixels do not
             return Dropped(err.reason, err.detail)
         if int(px.shape[0]) != sample.tiles:
             return Dropped(IMAGE_TOKEN_MISMATCH, f"{int(px.shape[0])} tiles made, {sample.tiles} planned")

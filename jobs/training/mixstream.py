@@ -26,7 +26,7 @@ from typing import Any
 
 import structlog
 
-from jobs.core import shards as sh
+from jobs.core.shards import BadSample, Sample, read_shard
 from jobs.training.encoding import field_value
 from sailk8s.errors import InputError
 from sailk8s.stageconfig.training import MixEntry
@@ -62,7 +62,7 @@ class SourceReader:
         self.epoch = 0
         self.shard_pos = 0  # index in this epoch's shard order of the shard being read
         self.sample_pos = 0  # samples of it already yielded (or, with order_by, of the sorted list)
-        self._sorted: list[sh.Sample] | None = None
+        self._sorted: list[Sample] | None = None
         self._count_drops = True
 
     def state(self) -> dict[str, int]:
@@ -76,18 +76,18 @@ class SourceReader:
         # The bad samples of the shard resumed mid-way were counted by the run that read it first.
         self._count_drops = False
 
-    def _items(self, key: str) -> Iterator[sh.Sample | sh.BadSample]:
+    def _items(self, key: str) -> Iterator[Sample | BadSample]:
         """One shard's samples and bad samples, in file order; samples know their shard."""
         need_image = self.need_image and self.entry.format != "auto"
-        for item in sh.read_shard(io.BytesIO(self.store.get(key)), need_image=need_image):
-            if not isinstance(item, sh.BadSample):
+        for item in read_shard(io.BytesIO(self.store.get(key)), need_image=need_image):
+            if not isinstance(item, BadSample):
                 item.shard = key
             yield item
 
-    def _read(self, key: str) -> list[sh.Sample]:
-        out: list[sh.Sample] = []
+    def _read(self, key: str) -> list[Sample]:
+        out: list[Sample] = []
         for item in self._items(key):
-            if isinstance(item, sh.BadSample):
+            if isinstance(item, BadSample):
                 if self.epoch == 0 and self._count_drops:  # each bad sample once, not once per epoch
                     self.dropped[item.reason] += 1
             else:
@@ -95,11 +95,11 @@ class SourceReader:
         self._count_drops = True
         return out
 
-    def fetch(self, key: str) -> dict[str, sh.Sample]:
+    def fetch(self, key: str) -> dict[str, Sample]:
         """One shard's usable samples by sample key (a resume's random access; no drop counting)."""
-        return {item.key: item for item in self._items(key) if not isinstance(item, sh.BadSample)}
+        return {item.key: item for item in self._items(key) if not isinstance(item, BadSample)}
 
-    def _score(self, s: sh.Sample) -> tuple[int, float]:
+    def _score(self, s: Sample) -> tuple[int, float]:
         v = field_value(s.meta, self.order_by or "")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return (1, 0.0)  # unscored samples go last either way
@@ -111,13 +111,13 @@ class SourceReader:
         random.Random(f"{self.seed}:{self.entry.prefix}:{epoch}").shuffle(order)
         return order
 
-    def shard_samples(self, key: str, epoch: int) -> list[sh.Sample]:
+    def shard_samples(self, key: str, epoch: int) -> list[Sample]:
         """One shard's usable samples in the order epoch `epoch` yields them."""
         samples = self._read(key)
         random.Random(f"{self.seed}:{self.entry.prefix}:{epoch}:{key}").shuffle(samples)
         return samples
 
-    def __iter__(self) -> Iterator[sh.Sample]:
+    def __iter__(self) -> Iterator[Sample]:
         while True:
             produced = self.shard_pos + self.sample_pos  # > 0: resumed mid-epoch, data exists
             if self.epoch > 0 and produced == 0:
@@ -180,7 +180,7 @@ class MixStream:
         for reader, rs in zip(self.readers, state["readers"], strict=True):
             reader.restore(rs)
 
-    def __iter__(self) -> Iterator[tuple[int, sh.Sample]]:
+    def __iter__(self) -> Iterator[tuple[int, Sample]]:
         iters = [iter(r) for r in self.readers]
         weights = [e.weight for e in self.entries]
         total = sum(weights)

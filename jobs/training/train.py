@@ -44,8 +44,9 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
-from jobs.core import shards as sh
-from jobs.core.runtime import StageRun, local_tmp_root
+from jobs.core.runtime import StageRun
+from jobs.core.shardio import local_tmp_root
+from jobs.core.shards import BadSampleError, Sample
 from jobs.training.binstream import BinStream
 from jobs.training.checkpoint import Checkpointer, TrainState
 from jobs.training.encoding import TRUNCATED, Dropped, ImageRef, SampleEncoder
@@ -53,8 +54,8 @@ from jobs.training.engine import init_distributed, make_engine, shutdown_distrib
 from jobs.training.mixstream import MixStream
 from jobs.training.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
 from jobs.training.tokenweights import LossWeights
-from jobs.vlm import model as vlm
 from jobs.vlm.attention import use_packed_attention
+from jobs.vlm.model import build_model, load_model, save_model
 from jobs.vlm.modelref import resolve_model_ref
 from sailk8s.errors import ConfigError
 from sailk8s.ledger import CheckpointLedger, ProgressRecord, write_report
@@ -139,9 +140,9 @@ class Trainer:
         if m.init_from:
             ref = resolve_model_ref(self.stage.store, m.init_from, field="config.model.init_from")
             # A fresh cache: a rerun of the exporting stage must not be shadowed by an old copy.
-            model, processor = vlm.load_model(ref, device="cpu", cache_dir=self.tmp / "models")
+            model, processor = load_model(ref, device="cpu", cache_dir=self.tmp / "models")
         else:
-            model, processor = vlm.build_model(m.preset, vision_from=m.vision_from, llm_from=m.llm_from,
+            model, processor = build_model(m.preset, vision_from=m.vision_from, llm_from=m.llm_from,
                                                seed=self.cfg.seed, max_tiles=self.cfg.max_tiles)
         model.config.use_cache = False  # packed sequences must not share a KV cache
         if self.cfg.packing and not self.cuda:
@@ -152,13 +153,13 @@ class Trainer:
     def bins(self, sub: SubStage, encoder: SampleEncoder, stream: MixStream) -> BinStream:
         """Planned training sequences of a sub-stage: packed (or one sample per row for the baseline)."""
 
-        def plan(idx: int, sample: sh.Sample) -> TokenizedSample | None:
+        def plan(idx: int, sample: Sample) -> TokenizedSample | None:
             entry = sub.mix[idx]
             image = None
             if sample.image_ext and entry.format != "text":
                 try:
                     image = ImageRef.of_bytes(sample.image_bytes)  # the header only: pixels later
-                except sh.BadSampleError as err:
+                except BadSampleError as err:
                     self.dropped[err.reason] += 1
                     return None
             enc = encoder.plan(sample.meta, image, entry.format, text_fields=entry.text_fields,
@@ -374,7 +375,7 @@ class Trainer:
         if self.rank == 0:
             export = self.cfg.export_to or self.stage.output_prefix()
             out = self.tmp / "export"
-            vlm.save_model(model.to("cpu").float(), processor, out)
+            save_model(model.to("cpu").float(), processor, out)
             files = sorted(p for p in out.rglob("*") if p.is_file())
             # config.json last: a reader that finds it finds a complete model.
             for p in sorted(files, key=lambda p: p.name == "config.json"):

@@ -10,7 +10,9 @@ import pytest
 from jobs_helpers import png_bytes, raw_tar, run_job
 
 from jobs.core import shards as sh
-from jobs.core.runtime import DistInfo, ShardInput, ShardOutput, StageRun, assign_shards
+from jobs.core.dist import DistInfo, assign_shards
+from jobs.core.runtime import StageRun
+from jobs.core.shardio import ShardInput, ShardOutput
 from sailk8s import exitcodes
 from sailk8s.errors import ConfigError, InputError, StoreUnavailable
 from sailk8s.exitcodes import exit_code_for

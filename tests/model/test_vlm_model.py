@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, InternVLForConditionalGeneration
 
+from jobs.vlm.inference import generate_texts, text_logprobs
 from jobs.vlm.model import (
     PRESETS,
     VLMProcessor,
@@ -17,11 +18,9 @@ from jobs.vlm.model import (
     build_processor,
     chat_prompt,
     device_and_dtype,
-    generate_texts,
     image_tokens_per_tile,
     load_model,
     save_model,
-    text_logprobs,
 )
 from sailk8s.errors import ConfigError
 
