@@ -44,7 +44,8 @@ def make_shards(root: Path, n_shards: int, per_shard: int, size: int) -> int:
 def run_ours(store: Path, run: str) -> tuple[int, float]:
     """The filter stage in-process; returns (samples, seconds)."""
     from jobs.core.runtime import StageRun
-    from jobs.filter import Chain, make_processor
+    from jobs.filter import make_processor
+    from jobs.filters.chain import Chain
     from sailk8s.stageconfig.filter import Config
 
     cfg = {"filters": [{"type": "image", "min_side": 16}, {"type": "caption", "min_words": 2}]}
