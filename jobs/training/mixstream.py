@@ -1,20 +1,4 @@
-"""A deterministic stream of raw samples from a weighted mix of store prefixes, repeating epochs.
-
-    stream = MixStream(store, entries, seed=0, order_by=None)
-    for entry_index, sample in stream: ...      # sample: jobs.core.shards.Sample (bytes + json)
-    stream.epochs, stream.dropped               # epochs started per source, bad samples by reason
-
-Sources are interleaved by smooth weighted round robin (the nginx scheme): over any window the
-share of each source follows its weight exactly, with no random state to save. Each source
-reads its shards in an order shuffled per epoch (seeded), samples shuffled within a shard
-(seeded by epoch and shard, so `state()`/`restore()` resume anywhere by reading one shard);
-with `order_by` a source is instead read fully into memory and sorted by that json field
-(the SFT curriculum option; meant for SFT-sized sets). When a source runs out it starts a new
-epoch and says so in the log: a budget larger than the data repeats it. The same arguments
-always give the same sequence.
-Images stay encoded bytes here: jobs.training.train plans samples from the image header and decodes
-only the images of the sequences its rank trains on.
-"""
+"""A deterministic stream of raw samples from a weighted mix of store prefixes, repeating epochs."""
 
 from __future__ import annotations
 
@@ -49,7 +33,9 @@ class SourceReader:
 
     Shards are read in an order shuffled per epoch, each shard's samples in an order shuffled
     per (epoch, shard): no random state crosses shards, so `state()` is three numbers and
-    `restore()` reads one shard, whatever the distance travelled.
+    `restore()` reads one shard, whatever the distance travelled. With `order_by` (the SFT
+    curriculum option, for SFT-sized sets) the source is instead read whole and sorted by that
+    json field. A budget larger than the data starts a new epoch, and the log says so.
     """
 
     def __init__(self, store: ObjectStore, entry: MixEntry, *, seed: int, order_by: str | None = None,
@@ -147,7 +133,12 @@ class SourceReader:
 
 
 class MixStream:
-    """(entry index, sample) pairs from all sources, interleaved by smooth weighted round robin."""
+    """(entry index, sample) pairs from all sources, interleaved by smooth weighted round robin.
+
+    The nginx scheme: over any window each source's share follows its weight exactly, with no
+    random state to save. The same arguments always give the same sequence. Images stay encoded
+    bytes: training decodes only those of the sequences its rank trains on.
+    """
 
     def __init__(self, store: ObjectStore, entries: Sequence[MixEntry], *, seed: int = 0,
                  order_by: str | None = None, descending: bool = False) -> None:
@@ -191,8 +182,3 @@ class MixStream:
             self.current[pick] -= total
             self.draws[self.entries[pick].prefix] += 1
             yield pick, next(iters[pick])
-
-
-def describe_sample(s: Any) -> str:
-    """A short id for log lines."""
-    return str(getattr(s, "key", "?"))
