@@ -1,20 +1,4 @@
-"""`python -m jobs.evaluate`: question/answer shards -> exact-match or multiple-choice accuracy.
-
-Each sample's json has `question` (with an `<image>` placeholder when it shows the image),
-`answer`, and optionally `choices` (and `choice_aliases`: choice -> other words for it).
-exact_match generates an answer (greedy, batched) and compares after normalising case, spaces
-and trailing punctuation; multiple_choice scores each choice's log-likelihood as the reply
-(jobs.vlm.inference.text_logprobs) and picks the best; names_answer generates a free reply (a caption)
-and counts it correct when it names the answer and no other choice (a captioner's check).
-With `min_accuracy`, an accuracy below it fails the stage (QualityError) after the report.
-
-It runs on the shard runtime like the data stages: input shards are split over the ranks, each
-scored shard becomes a shard of prediction records (question, answer, prediction, correct; no
-image) under outputs[0] (or runs/<run>/<stage>/predictions), then its done marker, so a
-resumed attempt scores only the shards left. Rank 0 then reads every prediction record and
-writes report.json: accuracy overall and per answer, counts, drops, a few examples. `limit`
-spreads evenly over the shards (at most ceil(limit / shards) from each, first ones first).
-"""
+"""The `evaluate` stage (`python -m jobs.evaluate`): a model's accuracy on question/answer shards."""
 
 from __future__ import annotations
 
@@ -61,7 +45,12 @@ def names_only(prediction: str, answer: str, choices: list[str], aliases: dict[s
 
 def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[str, Any], Any]]
                 ) -> list[tuple[str, bool]]:
-    """(prediction, correct) per sample."""
+    """(prediction, correct) per sample of `question` (with `<image>`), `answer` and maybe `choices`.
+
+    exact_match generates an answer (greedy, batched) and compares them normalised; multiple_choice
+    picks the choice whose log-likelihood as the reply is highest; names_answer generates a free
+    reply (a caption) that is correct when it names the answer and no other choice.
+    """
     metas = [m for m, _ in batch]
     images = [img for _, img in batch]
     prompts = [prompt_of(str(m["question"])) for m in metas]
@@ -136,7 +125,12 @@ def accuracy_report(records: list[dict[str, Any]], cfg: Config, dropped: dict[st
 
 
 def run() -> None:
-    """Evaluate the configured model on every QA shard of the stage's inputs, shards split over ranks."""
+    """Evaluate the configured model on every QA shard of the stage's inputs, shards split over ranks.
+
+    Each scored shard becomes a shard of prediction records under outputs[0] (else
+    runs/<run>/<stage>/predictions), so a resumed attempt scores only the shards left; rank 0 then
+    reports the accuracy, and below `min_accuracy` fails the stage (QualityError) after the report.
+    """
     stage = StageRun.from_env(Config)
     cfg = stage.typed(Config)
     if not stage.ctx.inputs:

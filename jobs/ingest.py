@@ -1,15 +1,4 @@
-"""The `ingest` stage (`python -m jobs.ingest`): images + alt-text -> WebDataset shards.
-
-Sources (sailk8s.stageconfig.ingest.Config):
-- `samples`: the built-in sets of jobs/core/samples.py, each under `<outputs[0]>/<set>/`.
-- `folder`: every image below `path` (sorted by relative path), alt-text from a sidecar
-  `<name>.txt`; `jsonl` / `csv`: rows of (image path relative to the file, alt-text).
-Each sample becomes `<key>.jpg|png` + `<key>.json` with `alt_text`, `source` (the relative
-path), `width`, `height`. Unreadable rows and files are counted under a reason
-(missing_file, bad_manifest_line, missing_fields, not_an_image, decompression_bomb, ...)
-and the rest goes on. Work is split into output shards of `shard_size` samples, assigned to
-ranks and made kill-safe by jobs.core.runtime.
-"""
+"""The `ingest` stage (`python -m jobs.ingest`): images + alt-texts -> WebDataset shards."""
 
 from __future__ import annotations
 
@@ -144,7 +133,11 @@ def encode_for_store(data: bytes, img: Image.Image, mode: str) -> tuple[str, byt
 
 
 def produce_entries(entries: Sequence[Entry], unit: WorkUnit, out: ShardOutput, cfg: Config) -> None:
-    """Read, validate and write one shard's worth of listed files."""
+    """Read, validate and write one shard's worth of listed files.
+
+    Each becomes `<key>.jpg|png` + json with `alt_text`, `source` (its relative path), `width` and
+    `height`; an unreadable row or file is counted under its reason and the rest goes on.
+    """
     start, end = unit.param("start"), unit.param("end")
     for index in range(start, end):
         e = entries[index]
@@ -176,7 +169,11 @@ def produce_samples(unit: WorkUnit, out: ShardOutput, cfg: Config) -> None:
 
 
 def run() -> None:
-    """Entry point of `python -m jobs.ingest`."""
+    """Entry point of `python -m jobs.ingest`, in output shards of `shard_size` samples.
+
+    `samples`: the built-in sets, each under `<outputs[0]>/<set>/`; `folder`: every image below
+    `path` with sidecar `<name>.txt` alt-texts; `jsonl` / `csv`: rows of (image path, alt-text).
+    """
     stage = StageRun.from_env(Config)
     cfg = stage.typed(Config)
     out_prefix = stage.output_prefix()

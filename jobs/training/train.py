@@ -1,29 +1,4 @@
-"""The training loop shared by `jobs.pretrain` and `jobs.sft`: sub-stages, budgets, checkpoints.
-
-    run_training(stage, cfg, substages, order_by=None, descending=False) -> report dict
-
-For each sub-stage in order (each continuing from the previous one's weights):
-freeze policy (train projector / vision / llm), a deterministic data stream (weighted mix,
-epochs repeat when the budget is larger than the data), samples encoded (jobs.training.encoding) and
-stream-packed (jobs.training.packing) into `seq_len` sequences; a global batch of `global_batch`
-sequences per optimizer step, split over ranks and micro batches (gradient accumulation);
-AdamW with warmup + cosine on the fraction of the budget done; DeepSpeed ZeRO (jobs.training.engine).
-
-Every rank reads the same stream and packs the same sequences, then trains on its share, and
-the loss normaliser (target tokens of the whole global batch) is known on every rank. The data
-position is a cursor saved with each checkpoint (jobs.training.binstream): a resume reads a few shards,
-not the stream up to the position. The packing needs only each sample's token count, so
-samples are *planned* (jobs.training.encoding.SampleEncoder.plan: text tokens + the tile count from the
-image header, no pixel decoding) and a rank decodes and tiles the images of its own sequences
-only (`materialize`). An image whose header reads but whose pixels do not is found by the rank
-that trains it: that sample is blanked (no targets, black tiles: the sequences keep their
-layout on every rank) and its targets leave the normaliser through one small all-reduce per
-step.
-Checkpoints every `checkpoint_every` steps and at the end of each sub-stage (jobs.training.checkpoint);
-on start the newest valid one is resumed: weights, optimizer, step, data position, RNG.
-Rank 0 writes progress.json (step, tokens vs budget, loss, tokens/s, ETA), a loss curve PNG,
-report.json, and exports the final model (transformers format) to `export_to` / outputs[0].
-"""
+"""The training loop shared by `jobs.pretrain` and `jobs.sft`: sub-stages, budgets, checkpoints."""
 
 from __future__ import annotations
 
@@ -114,7 +89,13 @@ def _dist_env(world_size: int) -> None:
 
 
 class Trainer:
-    """One training stage in this process."""
+    """One training stage in this process.
+
+    Every rank reads the same stream and plans and packs the same sequences (tokens and tile
+    counts from image headers, no pixels), then trains on its share: the loss normaliser (target
+    weight of the whole global batch) is known on every rank, and a rank decodes the images of
+    its own sequences only.
+    """
 
     def __init__(self, stage: StageRun, cfg: TrainingConfig, substages: Sequence[SubStage], *,
                  order_by: str | None = None, descending: bool = False) -> None:
@@ -186,7 +167,12 @@ class Trainer:
 
     def materialize(self, bins: Sequence[Bin], encoder: SampleEncoder,
                     weights: LossWeights | None = None) -> tuple[list[Bin], float]:
-        """This rank's sequences with their pixels made; (sequences, target weight blanked)."""
+        """This rank's sequences with their pixels made; (sequences, target weight blanked).
+
+        A sample whose image header read but whose pixels do not is blanked (no targets, black
+        tiles), so the sequences keep their layout on every rank; the caller takes its weight
+        out of the normaliser through one small all-reduce per step.
+        """
         weights = weights or LossWeights.uniform()
         out: list[Bin] = []
         blanked = 0.0
@@ -206,6 +192,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Resume from the newest valid checkpoint (weights, optimizer, step, data position, RNG), train."""
         _dist_env(self.world)
         init_distributed(self.world, cuda=self.cuda)
         model, processor = self.build_model()
@@ -229,6 +216,12 @@ class Trainer:
 
     def run_substage(self, model: torch.nn.Module, encoder: SampleEncoder, state: TrainState,
                      optim_state: dict[str, Any] | None) -> torch.nn.Module:
+        """Train one sub-stage to its budget, from the previous one's weights, checkpointing as it goes.
+
+        A global batch of `global_batch` sequences per optimizer step, split over ranks and micro
+        batches; AdamW with warmup + cosine on the fraction of the budget done. The data position
+        is a cursor saved with each checkpoint: a resume reads a few shards, not the stream.
+        """
         sub = self.substages[state.substage]
         per_rank, rest = divmod(sub.global_batch, self.world)
         if rest or per_rank % sub.micro_batch:
@@ -368,6 +361,7 @@ class Trainer:
             self.log.warning("progress not written", error=str(err))
 
     def finish(self, model: torch.nn.Module, processor: Any, state: TrainState) -> dict[str, Any]:
+        """Rank 0: export the model (transformers format) to `export_to` / outputs[0], loss curve, report."""
         report: dict[str, Any] = {"kind": self.stage.ctx.kind, "substages": state.summaries,
                                   "global_steps": state.global_step,
                                   "final_loss": state.losses[-1][1] if state.losses else None,
