@@ -22,8 +22,8 @@ import torch
 from PIL import Image
 
 from jobs.caption import Captioner
-from jobs.model import build_model
-from jobs.shards import Sample
+from jobs.core.shards import Sample
+from jobs.vlm.model import build_model
 from sailk8s.stageconfig.caption import Config
 
 

@@ -1,10 +1,10 @@
 """Training throughput and MFU of the sail-vl-2b preset on one GPU: packed 8k sequences vs padded.
 
-What runs: `jobs.model.build_model("sail-vl-2b")` (InternViT-300M + MLP projector + Qwen2.5-1.5B
+What runs: `jobs.vlm.model.build_model("sail-vl-2b")` (InternViT-300M + MLP projector + Qwen2.5-1.5B
 shapes, random init) in bf16 with AdamW, every part trainable (Pretrain-Advance style), on a
 synthetic stream shaped like SAIL-VL's pretraining data: captions of 50-300 tokens plus 256
 image tokens per 448 px tile, 1-7 tiles (+ a thumbnail when more than one). The stream goes
-through the training stages' own packing (`jobs.packing.StreamPacker` + `collate_packed`):
+through the training stages' own packing (`jobs.training.packing.StreamPacker` + `collate_packed`):
 8192-token sequences, position ids reset per sample, no attention mask, `use_cache=False`.
 The baseline feeds the same samples as padded batches (`collate_padded`) of about as many
 samples per step. Both report real (non-pad) tokens per second; MFU counts the model FLOPs of
@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from jobs.model import build_model, chat_prompt, image_tokens_per_tile
-from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
+from jobs.training.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
+from jobs.vlm.model import build_model, chat_prompt, image_tokens_per_tile
 
 # Dense bf16 peak, FLOP/s, by device name (no sparsity).
 PEAKS = {"H200": 989e12, "H100 PCIe": 756e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12,

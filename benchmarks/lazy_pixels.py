@@ -1,10 +1,10 @@
 """Data preparation per training rank: lazy pixels (plan all, tile own) vs every rank tiling every image.
 
-jobs.train packs the same sequences on every rank and each rank trains on its share. The
+jobs.training.train packs the same sequences on every rank and each rank trains on its share. The
 baseline is the previous data path: every rank decodes and tiles EVERY image (then packs, and
 keeps 1/world of the sequences). Ours is the current one: every rank plans every sample (text
 tokens + tile count from the image header) and decodes + tiles only the images of its own
-sequences (jobs.data.SampleEncoder.plan / materialize). A resumed run replays the data position:
+sequences (jobs.training.encoding.SampleEncoder.plan / materialize). A resumed run replays the data position:
 `replay_*` time that replay (the baseline tiles everything again, ours tiles nothing).
 
 Setting: SAIL-VL-like tiling (448 px tiles, up to 6 tiles + a thumbnail, 256 tokens per tile,
@@ -35,10 +35,10 @@ import torch
 
 torch.set_num_threads(1)
 
-from jobs import model as vlm  # noqa: E402
-from jobs import shards as sh  # noqa: E402
-from jobs.data import Dropped, ImageRef, SampleEncoder  # noqa: E402
-from jobs.packing import Bin, StreamPacker, TokenizedSample  # noqa: E402
+from jobs.core import shards as sh  # noqa: E402
+from jobs.training.encoding import Dropped, ImageRef, SampleEncoder  # noqa: E402
+from jobs.training.packing import Bin, StreamPacker, TokenizedSample  # noqa: E402
+from jobs.vlm import model as vlm  # noqa: E402
 
 SEQ_LEN, WORLD, RANK = 8192, 8, 0
 WORDS = ["a", "the", "red", "blue", "small", "large", "photo", "of", "cat", "dog", "street", "sky", "tree",

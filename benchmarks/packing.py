@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jobs.packing import StreamPacker
+from jobs.training.packing import StreamPacker
 
 
 class _Len:
@@ -56,9 +56,9 @@ def sail_like(n: int, seed: int = 0) -> list[int]:
 
 def quickstart_lengths(limit: int) -> list[int]:
     """Token lengths of the quickstart's training samples under the real tiny encoder."""
-    from jobs import model as vlm
-    from jobs import samples
-    from jobs.data import Dropped, SampleEncoder
+    from jobs.core import samples
+    from jobs.training.encoding import Dropped, SampleEncoder
+    from jobs.vlm import model as vlm
 
     _, processor = vlm.build_model("tiny")
     enc = SampleEncoder(processor, seq_len=256, max_tiles=1)

@@ -39,11 +39,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from jobs import model as vlm  # noqa: E402
-from jobs import shards as sh  # noqa: E402
-from jobs.data import SampleEncoder  # noqa: E402
-from jobs.packing import IGNORE, collate_padded  # noqa: E402
-from jobs.samples import NUMBER_WORDS  # noqa: E402
+from jobs.core import shards as sh  # noqa: E402
+from jobs.core.samples import NUMBER_WORDS  # noqa: E402
+from jobs.training.encoding import SampleEncoder  # noqa: E402
+from jobs.training.packing import IGNORE, collate_padded  # noqa: E402
+from jobs.vlm import model as vlm  # noqa: E402
 
 RUN = "ablation"
 DATA_STAGES = ("ingest", "captioner", "captioner-check", "judge", "recaption", "filter")

@@ -3,7 +3,7 @@
 A resumed training stage must continue its data stream exactly where the checkpoint was taken.
 The baseline is the previous path: read the stream again from the start of the sub-stage and
 plan (tokenize) every sample up to the position, which grows with the position (every shard
-passed is read again). Ours saves the stream's position with the checkpoint (jobs.binstream:
+passed is read again). Ours saves the stream's position with the checkpoint (jobs.training.binstream:
 each source's epoch/shard/sample, the round robin's weights, and the samples the packer still
 holds, by address) and restores it by reading only the shards behind those samples.
 
@@ -35,12 +35,12 @@ import torch
 
 torch.set_num_threads(1)
 
-from jobs import model as vlm  # noqa: E402
-from jobs import shards as sh  # noqa: E402
-from jobs.binstream import BinStream  # noqa: E402
-from jobs.data import SampleEncoder  # noqa: E402
-from jobs.mixstream import MixStream  # noqa: E402
-from jobs.train import Trainer  # noqa: E402
+from jobs.core import shards as sh  # noqa: E402
+from jobs.training.binstream import BinStream  # noqa: E402
+from jobs.training.encoding import SampleEncoder  # noqa: E402
+from jobs.training.mixstream import MixStream  # noqa: E402
+from jobs.training.train import Trainer  # noqa: E402
+from jobs.vlm import model as vlm  # noqa: E402
 from sailk8s.stageconfig.training import MixEntry  # noqa: E402
 from sailk8s.store.local import LocalStore  # noqa: E402
 

@@ -1,6 +1,6 @@
 """Samples/s through the filter stage's read-decode-write path vs a bare WebDataset loop.
 
-ours:     the real filter stage (jobs.filter via jobs.runtime.StageRun.run_map) over a local
+ours:     the real filter stage (jobs.filter via jobs.core.runtime.StageRun.run_map) over a local
           store: download shard, read with the guarded reader, decode + image/caption checks,
           deterministic tar writer, upload, stats, done marker, report (no model filters).
 baseline: webdataset 1.0.2 reading the same shards (raw bytes), PIL decode to RGB, and
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from jobs import shards as sh
+from jobs.core import shards as sh
 
 
 def make_shards(root: Path, n_shards: int, per_shard: int, size: int) -> int:
@@ -43,8 +43,9 @@ def make_shards(root: Path, n_shards: int, per_shard: int, size: int) -> int:
 
 def run_ours(store: Path, run: str) -> tuple[int, float]:
     """The filter stage in-process; returns (samples, seconds)."""
-    from jobs.filter import Chain, make_processor
-    from jobs.runtime import StageRun
+    from jobs.core.runtime import StageRun
+    from jobs.filter import make_processor
+    from jobs.filters.chain import Chain
     from sailk8s.stageconfig.filter import Config
 
     cfg = {"filters": [{"type": "image", "min_side": 16}, {"type": "caption", "min_words": 2}]}

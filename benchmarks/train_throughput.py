@@ -1,7 +1,7 @@
 """Real tokens/s of the training step, stream-packed vs padded batches, tiny model on CPU.
 
-Ours is the training path of jobs.train on CPU: stream-packed sequences with per-sample
-attention (jobs.attention). The baseline is what a user would otherwise run: the same samples
+Ours is the training path of jobs.training.train on CPU: stream-packed sequences with per-sample
+attention (jobs.vlm.attention). The baseline is what a user would otherwise run: the same samples
 in micro batches of 8, each padded to its longest sample, transformers' sdpa attention with the
 padding mask. Both run the same forward + backward + AdamW step (plain torch, one process,
 one thread), timed in interleaved rounds (median per mode) in CPU seconds of this process: on
@@ -50,9 +50,16 @@ import torch
 import torch.nn.functional as F
 from gpu_train import Shape, model_shape  # the FLOP model of benchmarks/gpu_train.py
 
-from jobs import model as vlm
-from jobs.attention import use_packed_attention
-from jobs.packing import IGNORE, StreamPacker, TokenizedSample, collate_packed, collate_padded, fill_rate
+from jobs.training.packing import (
+    IGNORE,
+    StreamPacker,
+    TokenizedSample,
+    collate_packed,
+    collate_padded,
+    fill_rate,
+)
+from jobs.vlm import model as vlm
+from jobs.vlm.attention import use_packed_attention
 
 SCALE = 16  # real SAIL-VL lengths / tiny-preset lengths (256 image tokens per tile -> 16)
 SEQ_LEN = 8192 // SCALE
@@ -83,7 +90,7 @@ def make_samples(n: int, processor: object, seed: int = 0) -> list[TokenizedSamp
 
 
 def loss_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
-    """Summed token cross-entropy, as jobs.train computes it."""
+    """Summed token cross-entropy, as jobs.training.train computes it."""
     inputs = {k: v for k, v in batch.items() if k in ("input_ids", "position_ids", "attention_mask",
                                                       "pixel_values")}
     logits = model(**inputs, use_cache=False).logits
@@ -92,9 +99,9 @@ def loss_of(model: torch.nn.Module, batch: Batch) -> torch.Tensor:
 
 
 def build(packed: bool, freeze: str) -> torch.nn.Module:
-    """The tiny model as jobs.train sets it up; freeze "projector" trains the projector only."""
+    """The tiny model as jobs.training.train sets it up; freeze "projector" trains the projector only."""
     model, _ = vlm.build_model("tiny", seed=0)
-    if packed:  # what jobs.train does on CPU when packing
+    if packed:  # what jobs.training.train does on CPU when packing
         use_packed_attention(model)
     if freeze == "projector":
         for name, p in model.named_parameters():

@@ -1,29 +1,4 @@
-"""The caption stage: (re)describe every image with a VLM captioner (`python -m jobs.caption`).
-
-Run by the local backend or a PyTorchJob as `torchrun --nproc-per-node N -m jobs.caption`;
-each rank takes its share of the input shards through the shared runtime (`jobs.runtime`),
-so a killed rank's unfinished shard is redone from scratch by the next attempt and finished
-ones are skipped. Two modes, as in SAIL-VL's captioner:
-
-- `caption`: the image alone, with `caption_prompt`;
-- `recaption`: the image plus its alt-text, through `recaption_prompt` (`{alt_text}`); a sample
-  without usable alt-text falls back to `caption` (its `mode` field says so).
-
-Samples are captioned in batches of `batch_size` (one batched `generate`), large images are
-tiled (`max_tiles`), and the model runs in bf16 on GPU. Output shards keep every input field
-and add `recaption`, `captioner`, `mode` and `prompt` to the json. Sampling (`do_sample`) is
-seeded per shard and batch, so a redone shard gets the same captions.
-
-Caption quality is measured without labels (jobs.captionquality: distinct captions vs distinct
-images, the most common caption's share, lengths, loops, alt-text copies, truncation, a few
-examples) per shard and merged into report.json's `caption_quality`. The quality gate judges
-each rank's first `quality_gate.min_samples` captions of an attempt: degenerate output fails
-the stage as permanent (QualityError, exit 5) before the shard is committed.
-
-The captioner (`config.model`) is a prefix of the run's store (e.g. an sft stage's export), a
-store URI, a local path or a hub id; store-hosted models are downloaded once per node and
-attempt (or into $SAIL_MODEL_CACHE). Each rank loads it at its first pending shard.
-"""
+"""The `caption` stage (`python -m jobs.caption`): (re)describe every image with a VLM captioner."""
 
 from __future__ import annotations
 
@@ -40,18 +15,13 @@ import torch
 from PIL import Image
 from transformers import InternVLForConditionalGeneration
 
-from jobs.captionquality import CaptionQuality, gate_problems
-from jobs.model import (
-    MODEL_CACHE_ENV,
-    Generated,
-    VLMProcessor,
-    build_model,
-    device_and_dtype,
-    generate,
-    load_model,
-)
-from jobs.runtime import ShardInput, ShardOutput, StageRun, local_tmp_root, main
-from jobs.shards import Sample
+from jobs.core.runtime import StageRun, main
+from jobs.core.shardio import ShardInput, ShardOutput, local_tmp_root
+from jobs.core.shards import Sample
+from jobs.filters.captionquality import CaptionQuality, gate_problems
+from jobs.vlm.inference import Generated, generate
+from jobs.vlm.model import VLMProcessor, build_model, device_and_dtype, load_model
+from jobs.vlm.modelref import MODEL_CACHE_ENV, resolve_model_ref
 from sailk8s.errors import QualityError
 from sailk8s.stageconfig.caption import Config
 
@@ -70,7 +40,11 @@ def alt_text_of(meta: dict[str, Any], field: str, max_chars: int) -> str | None:
 
 
 def prompt_for(cfg: Config, meta: dict[str, Any]) -> tuple[str, str]:
-    """(mode, user prompt) for one sample under the stage config."""
+    """(mode, user prompt) for one sample under the stage config, as in SAIL-VL's captioner.
+
+    `caption`: the image alone, with `caption_prompt`; `recaption`: the image plus its alt-text,
+    through `recaption_prompt`. A sample without a usable alt-text falls back to `caption`.
+    """
     if cfg.mode == "recaption":
         alt = alt_text_of(meta, cfg.alt_text_field, cfg.max_alt_text_chars)
         if alt is not None:
@@ -117,7 +91,10 @@ class Captioner:
 
     def caption_batch(self, batch: Sequence[tuple[Sample, Image.Image]], seed: int | None = None,
                       quality: Sequence[CaptionQuality] = ()) -> None:
-        """Caption a batch in one call, add the output fields to each json, count it in `quality`."""
+        """Caption a batch in one call, add the output fields to each json, count it in `quality`.
+
+        Every input field is kept; `recaption`, `captioner`, `mode` and `prompt` are added.
+        """
         modes, prompts = zip(*(prompt_for(self.cfg, s.meta) for s, _ in batch), strict=True)
         outs = self.generate([im for _, im in batch], list(prompts), seed=seed)
         name = self.cfg.captioner()
@@ -203,12 +180,14 @@ def model_cache_dir(stage: StageRun) -> tuple[Path, bool]:
 
 
 def run() -> None:
-    """Stage entry: env contract -> config -> the shard loop (captioner loaded at the first shard)."""
+    """Stage entry: env contract -> config -> the shard loop (captioner loaded at the first shard).
+
+    The captioner (`config.model`) is a prefix of the run's store (e.g. an sft stage's export), a
+    store URI, a local path or a hub id; a store-hosted one is downloaded once per node and attempt.
+    """
     stage = StageRun.from_env(Config)
     cfg = stage.typed(Config)
     if cfg.model is not None:  # a prefix of this run's store (e.g. a fine-tuned captioner) -> its URI
-        from jobs.modelref import resolve_model_ref
-
         cfg = cfg.model_copy(update={"model": resolve_model_ref(stage.store, cfg.model, strict=False)})
     cache_dir, owned = model_cache_dir(stage)
     loaded: list[Captioner] = []

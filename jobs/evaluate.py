@@ -1,20 +1,4 @@
-"""`python -m jobs.evaluate`: question/answer shards -> exact-match or multiple-choice accuracy.
-
-Each sample's json has `question` (with an `<image>` placeholder when it shows the image),
-`answer`, and optionally `choices` (and `choice_aliases`: choice -> other words for it).
-exact_match generates an answer (greedy, batched) and compares after normalising case, spaces
-and trailing punctuation; multiple_choice scores each choice's log-likelihood as the reply
-(jobs.model.text_logprobs) and picks the best; names_answer generates a free reply (a caption)
-and counts it correct when it names the answer and no other choice (a captioner's check).
-With `min_accuracy`, an accuracy below it fails the stage (QualityError) after the report.
-
-It runs on the shard runtime like the data stages: input shards are split over the ranks, each
-scored shard becomes a shard of prediction records (question, answer, prediction, correct; no
-image) under outputs[0] (or runs/<run>/<stage>/predictions), then its done marker, so a
-resumed attempt scores only the shards left. Rank 0 then reads every prediction record and
-writes report.json: accuracy overall and per answer, counts, drops, a few examples. `limit`
-spreads evenly over the shards (at most ceil(limit / shards) from each, first ones first).
-"""
+"""The `evaluate` stage (`python -m jobs.evaluate`): a model's accuracy on question/answer shards."""
 
 from __future__ import annotations
 
@@ -27,11 +11,13 @@ from typing import Any
 
 import structlog
 
-from jobs import model as vlm
-from jobs import shards as sh
-from jobs.modelref import resolve_model_ref
-from jobs.runtime import InputError, ShardInput, ShardOutput, StageRun, local_tmp_root, main
-from sailk8s.errors import ConfigError, QualityError
+from jobs.core.runtime import StageRun, main
+from jobs.core.shardio import ShardInput, ShardOutput, local_tmp_root
+from jobs.core.shards import BadSample, Sample, read_shard
+from jobs.vlm.inference import generate_texts, text_logprobs
+from jobs.vlm.model import load_model
+from jobs.vlm.modelref import resolve_model_ref
+from sailk8s.errors import ConfigError, InputError, QualityError
 from sailk8s.stageconfig.evaluate import Config
 from sailk8s.store.base import ObjectStore
 
@@ -59,7 +45,12 @@ def names_only(prediction: str, answer: str, choices: list[str], aliases: dict[s
 
 def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[str, Any], Any]]
                 ) -> list[tuple[str, bool]]:
-    """(prediction, correct) per sample."""
+    """(prediction, correct) per sample of `question` (with `<image>`), `answer` and maybe `choices`.
+
+    exact_match generates an answer (greedy, batched) and compares them normalised; multiple_choice
+    picks the choice whose log-likelihood as the reply is highest; names_answer generates a free
+    reply (a caption) that is correct when it names the answer and no other choice.
+    """
     metas = [m for m, _ in batch]
     images = [img for _, img in batch]
     prompts = [prompt_of(str(m["question"])) for m in metas]
@@ -71,10 +62,10 @@ def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[
             choices = [str(c) for c in m.get("choices") or []]
             if not choices:
                 raise InputError(f"sample needs `choices` for multiple_choice: {str(m)[:80]}")
-            lp = vlm.text_logprobs(model, processor, [img] * len(choices), [p] * len(choices), choices)
+            lp = text_logprobs(model, processor, [img] * len(choices), [p] * len(choices), choices)
             preds.append(choices[max(range(len(choices)), key=lambda i: lp[i])])
     else:
-        preds = vlm.generate_texts(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
+        preds = generate_texts(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
                                    max_tiles=cfg.max_tiles)
     if cfg.metric == "names_answer":
         out = []
@@ -100,7 +91,7 @@ def evaluate_shard(model: Any, processor: Any, cfg: Config, shard: ShardInput, o
         scored = score_batch(model, processor, cfg, [(s.meta, img) for s, img in batch])
         for (sample, _), (pred, ok) in zip(batch, scored, strict=True):
             meta = {k: sample.meta[k] for k in ("question", "answer", "choices") if k in sample.meta}
-            out.write(sh.Sample(key=sample.key, meta={**meta, "prediction": pred, "correct": ok}))
+            out.write(Sample(key=sample.key, meta={**meta, "prediction": pred, "correct": ok}))
             out.count("correct", int(ok))
 
 
@@ -108,8 +99,8 @@ def read_predictions(store: ObjectStore, keys: list[str]) -> list[dict[str, Any]
     """Every prediction record, in shard order then sample order."""
     records: list[dict[str, Any]] = []
     for key in keys:
-        for item in sh.read_shard(io.BytesIO(store.get(key)), need_image=False):
-            if not isinstance(item, sh.BadSample):
+        for item in read_shard(io.BytesIO(store.get(key)), need_image=False):
+            if not isinstance(item, BadSample):
                 records.append(item.meta)
     return records
 
@@ -134,7 +125,12 @@ def accuracy_report(records: list[dict[str, Any]], cfg: Config, dropped: dict[st
 
 
 def run() -> None:
-    """Evaluate the configured model on every QA shard of the stage's inputs, shards split over ranks."""
+    """Evaluate the configured model on every QA shard of the stage's inputs, shards split over ranks.
+
+    Each scored shard becomes a shard of prediction records under outputs[0] (else
+    runs/<run>/<stage>/predictions), so a resumed attempt scores only the shards left; rank 0 then
+    reports the accuracy, and below `min_accuracy` fails the stage (QualityError) after the report.
+    """
     stage = StageRun.from_env(Config)
     cfg = stage.typed(Config)
     if not stage.ctx.inputs:
@@ -142,7 +138,7 @@ def run() -> None:
     ref = resolve_model_ref(stage.store, cfg.model)
     with tempfile.TemporaryDirectory(prefix="eval-model-", dir=local_tmp_root()) as cache:
         # A fresh cache: a re-exported model under the same prefix must not be shadowed.
-        model, processor = vlm.load_model(ref, cache_dir=cache)
+        model, processor = load_model(ref, cache_dir=cache)
     # Predictions go to outputs[0] when the stage names one, else next to its report.
     prefix = stage.ctx.outputs[0].rstrip("/") if stage.ctx.outputs else stage.stage_key("predictions")
     units = stage.input_units(prefix)

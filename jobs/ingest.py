@@ -1,15 +1,4 @@
-"""The `ingest` stage (`python -m jobs.ingest`): images + alt-text -> WebDataset shards.
-
-Sources (sailk8s.stageconfig.ingest.Config):
-- `samples`: the built-in sets of jobs/samples.py, each under `<outputs[0]>/<set>/`.
-- `folder`: every image below `path` (sorted by relative path), alt-text from a sidecar
-  `<name>.txt`; `jsonl` / `csv`: rows of (image path relative to the file, alt-text).
-Each sample becomes `<key>.jpg|png` + `<key>.json` with `alt_text`, `source` (the relative
-path), `width`, `height`. Unreadable rows and files are counted under a reason
-(missing_file, bad_manifest_line, missing_fields, not_an_image, decompression_bomb, ...)
-and the rest goes on. Work is split into output shards of `shard_size` samples, assigned to
-ranks and made kill-safe by jobs.runtime.
-"""
+"""The `ingest` stage (`python -m jobs.ingest`): images + alt-texts -> WebDataset shards."""
 
 from __future__ import annotations
 
@@ -24,9 +13,11 @@ from pathlib import Path
 
 from PIL import Image
 
-from jobs import samples as smp
-from jobs import shards as sh
-from jobs.runtime import InputError, ShardOutput, StageRun, WorkUnit, main
+from jobs.core import samples
+from jobs.core.runtime import StageRun, main
+from jobs.core.shardio import ShardOutput, WorkUnit
+from jobs.core.shards import MISSING_FIELDS, BadSampleError, decode_image, encode_image, shard_name
+from sailk8s.errors import InputError
 from sailk8s.stageconfig.ingest import Config, SampleSizes
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -86,7 +77,7 @@ def list_csv(path: Path, image_field: str, text_field: str) -> list[Entry]:
 
 def _row_entry(row: object, base: Path, image_field: str, text_field: str, where: str) -> Entry:
     if not isinstance(row, dict) or not isinstance(row.get(image_field), str) or not row[image_field]:
-        return Entry(None, "", where, sh.MISSING_FIELDS)
+        return Entry(None, "", where, MISSING_FIELDS)
     rel = row[image_field]
     alt = row.get(text_field)
     return Entry(base / rel, alt if isinstance(alt, str) else "", rel)
@@ -113,7 +104,7 @@ def chunk_units(n: int, shard_size: int, out_prefix: str, set_name: str | None =
     units = []
     for i in range(math.ceil(n / shard_size)):
         start, end = i * shard_size, min(n, (i + 1) * shard_size)
-        stem = sh.shard_name(i)[: -len(".tar")]
+        stem = shard_name(i)[: -len(".tar")]
         sid = f"{set_name}-{stem}" if set_name else stem
         prefix = f"{out_prefix}/{set_name}" if set_name else out_prefix
         params: tuple[tuple[str, object], ...] = (("start", start), ("end", end))
@@ -124,8 +115,8 @@ def chunk_units(n: int, shard_size: int, out_prefix: str, set_name: str | None =
 
 
 @lru_cache(maxsize=8)
-def _sample_items(set_name: str, sizes: SampleSizes) -> list[smp.Item]:
-    return smp.BUILDERS[set_name](sizes)
+def _sample_items(set_name: str, sizes: SampleSizes) -> list[samples.Item]:
+    return samples.BUILDERS[set_name](sizes)
 
 
 def encode_for_store(data: bytes, img: Image.Image, mode: str) -> tuple[str, bytes]:
@@ -137,17 +128,21 @@ def encode_for_store(data: bytes, img: Image.Image, mode: str) -> tuple[str, byt
             return "jpg", data
         if fmt == "PNG":
             return "png", data
-        return "png", sh.encode_image(img, "png")
-    return mode, sh.encode_image(img, mode)
+        return "png", encode_image(img, "png")
+    return mode, encode_image(img, mode)
 
 
 def produce_entries(entries: Sequence[Entry], unit: WorkUnit, out: ShardOutput, cfg: Config) -> None:
-    """Read, validate and write one shard's worth of listed files."""
+    """Read, validate and write one shard's worth of listed files.
+
+    Each becomes `<key>.jpg|png` + json with `alt_text`, `source` (its relative path), `width` and
+    `height`; an unreadable row or file is counted under its reason and the rest goes on.
+    """
     start, end = unit.param("start"), unit.param("end")
     for index in range(start, end):
         e = entries[index]
         if e.error is not None or e.path is None:
-            out.reject(e.error or sh.MISSING_FIELDS)
+            out.reject(e.error or MISSING_FIELDS)
             continue
         try:
             data = e.path.read_bytes()
@@ -155,8 +150,8 @@ def produce_entries(entries: Sequence[Entry], unit: WorkUnit, out: ShardOutput, 
             out.reject(MISSING_FILE)
             continue
         try:
-            img = sh.decode_image(data, cfg.max_pixels)
-        except sh.BadSampleError as err:
+            img = decode_image(data, cfg.max_pixels)
+        except BadSampleError as err:
             out.reject(err.reason)
             continue
         ext, payload = encode_for_store(data, img, cfg.image_format)
@@ -169,12 +164,16 @@ def produce_samples(unit: WorkUnit, out: ShardOutput, cfg: Config) -> None:
     items = _sample_items(unit.param("set"), cfg.samples)
     fmt = "jpg" if cfg.image_format == "jpg" else "png"
     for item in items[unit.param("start"):unit.param("end")]:
-        out.write(out.new_sample(item.key, dict(item.meta), {fmt: sh.encode_image(item.image, fmt)}, fmt))
+        out.write(out.new_sample(item.key, dict(item.meta), {fmt: encode_image(item.image, fmt)}, fmt))
         out.count(f"set:{unit.param('set')}")
 
 
 def run() -> None:
-    """Entry point of `python -m jobs.ingest`."""
+    """Entry point of `python -m jobs.ingest`, in output shards of `shard_size` samples.
+
+    `samples`: the built-in sets, each under `<outputs[0]>/<set>/`; `folder`: every image below
+    `path` with sidecar `<name>.txt` alt-texts; `jsonl` / `csv`: rows of (image path, alt-text).
+    """
     stage = StageRun.from_env(Config)
     cfg = stage.typed(Config)
     out_prefix = stage.output_prefix()

@@ -1,12 +1,4 @@
-"""`python -m jobs.launch TORCHRUN-ARGS`: torchrun that exits with the failed rank's own exit code.
-
-torchrun exits 1 whatever its workers returned. In a pod that exit code is all the training
-operator and the controller see, so a bad config (exit 3, permanent) would be retried as an
-app failure and a SIGKILLed rank (137, infra) would fail the job instead of restarting the pod.
-This launcher runs torchrun's own `run()` (same arguments, same PET_* environment) and keeps
-the exit-code convention of sailk8s.exitcodes: the first failed rank's code, 128+N for a
-signal (its own or a rank's).
-"""
+"""`python -m jobs.launch TORCHRUN-ARGS`: torchrun that exits with the failed rank's own exit code."""
 
 from __future__ import annotations
 
@@ -24,7 +16,13 @@ def exit_code_of(code: int) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run torchrun with `argv`; 0, or the exit code of the first rank that failed."""
+    """Run torchrun with `argv`; 0, or the exit code of the first rank that failed (128+N for a signal).
+
+    torchrun itself exits 1 whatever its workers returned, and in a pod that code is all the training
+    operator and the controller see: a bad config (3, permanent) would be retried as an app failure
+    and a SIGKILLed rank (137, infra) would fail the job instead of restarting the pod. This runs
+    torchrun's own `run()` (same arguments, same PET_* environment) and keeps sailk8s.exitcodes.
+    """
     args = parse_args(list(sys.argv[1:] if argv is None else argv))  # type: ignore[no-untyped-call]
     try:
         run(args)  # type: ignore[no-untyped-call]

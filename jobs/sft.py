@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from jobs.runtime import StageRun, main
-from jobs.train import run_training
+from jobs.core.runtime import StageRun, main
+from jobs.training.train import run_training
 from sailk8s.stageconfig.sft import Config
 
 

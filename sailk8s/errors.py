@@ -34,6 +34,10 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached, the bucket is missing or access is denied."""
 
 
+class InputError(SailError):
+    """A stage's input is missing or unusable (exit code 4). Permanent: retrying cannot help."""
+
+
 class QualityError(SailError):
     """A stage's output failed a quality gate (e.g. collapsed captions). Permanent: retrying repeats it."""
 

@@ -20,6 +20,10 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from pydantic import ValidationError
+
+from sailk8s.errors import ConfigError, InputError, ObjectNotFound, QualityError, StoreError, StoreUnavailable
+
 OK = 0
 APP_ERROR = 1
 USAGE = 2
@@ -53,3 +57,20 @@ def classify_exit_code(code: int) -> FailureClass | None:
     if code == TEMPFAIL or code >= 128:
         return FailureClass.INFRA
     return FailureClass.APP
+
+
+def exit_code_for(err: BaseException) -> int:
+    """The exit code a workload ends with for an exception it did not handle."""
+    if isinstance(err, (ConfigError, ValidationError)):
+        return BAD_CONFIG
+    if isinstance(err, InputError):
+        return BAD_INPUT
+    if isinstance(err, QualityError):
+        return QUALITY
+    if isinstance(err, StoreUnavailable):
+        return TEMPFAIL
+    if isinstance(err, ObjectNotFound):
+        return BAD_INPUT
+    if isinstance(err, StoreError):
+        return TEMPFAIL
+    return APP_ERROR

@@ -8,11 +8,19 @@ from typing import Any
 
 from PIL import Image
 
-from jobs import shards as sh
+from jobs.core.shards import (
+    DECOMPRESSION_BOMB,
+    EMPTY_IMAGE,
+    MISSING_IMAGE,
+    NOT_AN_IMAGE,
+    TRUNCATED_IMAGE,
+    BadSampleError,
+    Sample,
+)
 from sailk8s.stageconfig.filter import CaptionFilter, ImageFilter
 
-DECODE_REASONS = (sh.EMPTY_IMAGE, sh.NOT_AN_IMAGE, sh.TRUNCATED_IMAGE, sh.DECOMPRESSION_BOMB,
-                  sh.MISSING_IMAGE)
+DECODE_REASONS = (EMPTY_IMAGE, NOT_AN_IMAGE, TRUNCATED_IMAGE, DECOMPRESSION_BOMB,
+                  MISSING_IMAGE)
 IMAGE_TOO_SMALL = "image_too_small"
 BAD_ASPECT_RATIO = "bad_aspect_ratio"
 CAPTION_MISSING = "caption_missing"
@@ -28,7 +36,7 @@ _WORD = re.compile(r"\w+(?:'\w+)?", re.UNICODE)
 class Candidate:
     """A sample moving through the chain: its text under judgement, decoded image, scores."""
 
-    sample: sh.Sample
+    sample: Sample
     text: str | None
     image: Image.Image | None = None
     scores: dict[str, Any] = field(default_factory=dict)
@@ -37,7 +45,7 @@ class Candidate:
         """Decode once (BadSampleError with the decode reason if it cannot be)."""
         if self.image is None:
             if self.sample.image_ext is None:
-                raise sh.BadSampleError(sh.MISSING_IMAGE)
+                raise BadSampleError(MISSING_IMAGE)
             self.image = self.sample.decode(max_pixels)
         return self.image
 
@@ -64,7 +72,7 @@ class ImageCheck:
         """The drop reason, or None to keep."""
         try:
             img = cand.load_image(self.cfg.max_pixels)
-        except sh.BadSampleError as err:
+        except BadSampleError as err:
             return err.reason
         w, h = img.size
         if min(w, h) < self.cfg.min_side:

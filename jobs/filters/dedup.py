@@ -1,16 +1,5 @@
-"""Exact and near-duplicate removal across ALL shards, with the same survivors at any world size.
-
-Pass 1 (index): for each shard, every sample that survives the filters before dedup gets a
-content hash (sha256 of its decoded RGB pixels and size: re-encodes of the same pixels
-collide) and a 64-bit perceptual hash (imagehash.phash). The per-shard index is a store
-object, so any rank can read any shard's.
-
-Decision (pure, `decide`): walk all indexed samples in (shard id, key) order and keep the
-first of each group: a sample is an exact duplicate if an earlier kept sample has its content
-hash, a near duplicate if an earlier kept sample's pHash is within `max_distance` bits.
-Candidates are found with the pigeonhole trick: split the 64 bits into max_distance+1 bands;
-two hashes within the distance agree exactly on at least one band.
-"""
+"""Exact and near-duplicate removal across ALL shards, with the same survivors at any world size:
+per-shard indexes of content and perceptual hashes, and one pure keep-first decision."""
 
 from __future__ import annotations
 
@@ -37,7 +26,7 @@ class IndexEntry:
 
 
 def content_hash(img: Image.Image) -> str:
-    """sha256 of mode, size and pixels: identical for identical pixels however encoded."""
+    """sha256 of mode, size and pixels: re-encodes of the same pixels collide."""
     h = hashlib.sha256(f"{img.mode}:{img.width}x{img.height}:".encode())
     h.update(img.tobytes())
     return h.hexdigest()
@@ -61,7 +50,13 @@ def _bands(value: int, n: int) -> list[tuple[int, int]]:
 
 def decide(entries: Iterable[IndexEntry], *, exact: bool = True, near: bool = True,
            max_distance: int = 4) -> dict[tuple[str, str], str]:
-    """(shard, key) -> reason for every duplicate to drop; the first of each group is kept."""
+    """(shard, key) -> reason for every duplicate to drop; the first of each group is kept.
+
+    Walks the entries in (shard id, key) order: a sample is an exact duplicate when an earlier kept
+    one has its content hash, a near duplicate when an earlier kept one's pHash is within
+    `max_distance` bits. Candidates come from the pigeonhole trick: with the 64 bits split into
+    max_distance+1 bands, two hashes within the distance agree exactly on at least one band.
+    """
     dropped: dict[tuple[str, str], str] = {}
     seen_content: set[str] = set()
     n_bands = max_distance + 1

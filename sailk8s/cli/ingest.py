@@ -47,7 +47,7 @@ def build_config(source: str, path: str | None, shard_size: int, image_format: s
 
 @click.command()
 @click.option("--samples", "use_samples", is_flag=True,
-              help="The built-in sample sets (jobs/samples.py).")
+              help="The built-in sample sets (jobs/core/samples.py).")
 @click.option("--folder", type=click.Path(file_okay=False),
               help="A folder of images (+ <name>.txt alt-text).")
 @click.option("--jsonl", type=click.Path(dir_okay=False),

@@ -13,7 +13,7 @@ SET_NAMES: tuple[SetName, ...] = ("raw", "reference", "sft-knowledge", "sft-inst
 
 
 class SampleSizes(BaseModel):
-    """Sizes of the built-in sample sets (`source: samples`); see jobs/samples.py."""
+    """Sizes of the built-in sample sets (`source: samples`); see jobs/core/samples.py."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)  # frozen: hashable, cached per size
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 
-from jobs.captionquality import KMV, CaptionQuality, K, gate_problems
-from jobs.samples import NUMBER_WORDS
+from jobs.core.samples import NUMBER_WORDS
+from jobs.filters.captionquality import KMV, CaptionQuality, K, gate_problems
 from sailk8s.stageconfig.caption import QualityGate
 
 WEIGHTS = ("thin", "medium-width", "thick, bold")

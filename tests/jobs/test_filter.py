@@ -15,7 +15,7 @@ import pytest
 from jobs_helpers import ROOT, contract_env, pattern_png, png_bytes, run_job
 from pydantic import ValidationError
 
-from jobs import shards as sh
+from jobs.core import shards as sh
 from jobs.filters import dedup as dd
 from jobs.filters.basic import Candidate, CaptionCheck, ImageCheck
 from jobs.filters.funnel import build_funnel

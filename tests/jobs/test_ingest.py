@@ -11,8 +11,8 @@ import pytest
 from jobs_helpers import ROOT, png_bytes, run_job
 from PIL import Image
 
-from jobs import samples as smp
-from jobs import shards as sh
+from jobs.core import samples as smp
+from jobs.core import shards as sh
 
 
 def read_set(store: Path, prefix: str) -> list[sh.Sample]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from jobs_helpers import ROOT, run_job
 
-from jobs import shards as sh
+from jobs.core import shards as sh
 from sailk8s.envcontract import stage_env
 from sailk8s.spec import load_pipeline
 

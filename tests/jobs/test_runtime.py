@@ -9,10 +9,13 @@ from pathlib import Path
 import pytest
 from jobs_helpers import png_bytes, raw_tar, run_job
 
-from jobs import shards as sh
-from jobs.runtime import DistInfo, InputError, ShardInput, ShardOutput, StageRun, assign_shards, exit_code_for
+from jobs.core import shards as sh
+from jobs.core.dist import DistInfo, assign_shards
+from jobs.core.runtime import StageRun
+from jobs.core.shardio import ShardInput, ShardOutput
 from sailk8s import exitcodes
-from sailk8s.errors import ConfigError, StoreUnavailable
+from sailk8s.errors import ConfigError, InputError, StoreUnavailable
+from sailk8s.exitcodes import exit_code_for
 from sailk8s.stageconfig.filter import Config as FilterConfig
 
 

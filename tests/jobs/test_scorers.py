@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from jobs_helpers import pattern_png
 
-from jobs import shards as sh
+from jobs.core import shards as sh
 from jobs.filters.basic import Candidate
 from sailk8s.stageconfig.filter import AlignmentFilter, MiniLMFilter
 
@@ -18,8 +18,8 @@ def cand(text: str, alt: str = "", seed: int = 0) -> Candidate:
 def test_alignment_score_is_the_per_token_likelihood_gain() -> None:
     import torch
 
-    from jobs import model as vlm
     from jobs.filters.scores import AlignmentScorer
+    from jobs.vlm import inference
 
     torch.manual_seed(0)
     torch.set_num_threads(1)
@@ -29,8 +29,8 @@ def test_alignment_score_is_the_per_token_likelihood_gain() -> None:
     images = [c.load_image(10**7) for c in cands]
     prompts = [scorer.cfg.prompt] * 2
     texts = [c.text or "" for c in cands]
-    with_img = vlm.text_logprobs(scorer.model, scorer.processor, images, prompts, texts)
-    without = vlm.text_logprobs(scorer.model, scorer.processor, None, prompts, texts)
+    with_img = inference.text_logprobs(scorer.model, scorer.processor, images, prompts, texts)
+    without = inference.text_logprobs(scorer.model, scorer.processor, None, prompts, texts)
     for c, r, a, b, t in zip(cands, reasons, with_img, without, texts, strict=True):
         n = len(scorer.processor.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
         assert c.scores["alignment"] == pytest.approx((a - b) / n, abs=1e-4)

@@ -10,7 +10,7 @@ import pytest
 from jobs_helpers import png_bytes, raw_tar
 from PIL import Image
 
-from jobs import shards as sh
+from jobs.core import shards as sh
 
 
 def meta(**kw: object) -> bytes:

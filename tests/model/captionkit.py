@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jobs.shards import Sample, ShardWriter, encode_image, read_shard
+from jobs.core.shards import Sample, ShardWriter, encode_image, read_shard
 from sailk8s import envcontract
 from sailk8s.store import open_store
 from sailk8s.store.base import ObjectStore

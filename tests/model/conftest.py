@@ -13,7 +13,7 @@ torch.set_num_threads(1)
 @pytest.fixture(scope="session")
 def tiny():
     """A tiny InternVL model (random init, eval mode) and its processor."""
-    from jobs.model import build_model
+    from jobs.vlm.model import build_model
 
     model, processor = build_model("tiny", seed=0)
     model.eval()
@@ -38,7 +38,7 @@ def noisy_tiny():
     (At the default init a random model emits the same token whatever it is shown, which
     would make batched-vs-single comparisons vacuous.)
     """
-    from jobs.model import build_model
+    from jobs.vlm.model import build_model
 
     model, processor = build_model("tiny", seed=1)
     gen = torch.Generator().manual_seed(1)

@@ -9,12 +9,12 @@ import pytest
 from captionkit import make_input_shards, open_file_store, put_shard, read_outputs, stage_env
 
 from jobs import caption
-from jobs.captionquality import normalize
-from jobs.model import save_model
-from jobs.runtime import InputError, exit_code_for
-from jobs.shards import Sample, encode_image
+from jobs.core.shards import Sample, encode_image
+from jobs.filters.captionquality import normalize
+from jobs.vlm.model import save_model
 from sailk8s import exitcodes
-from sailk8s.errors import ConfigError, QualityError
+from sailk8s.errors import ConfigError, InputError, QualityError
+from sailk8s.exitcodes import exit_code_for
 from sailk8s.stageconfig import parse_stage_config
 from sailk8s.stageconfig.caption import Config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from captionkit import make_input_shards, open_file_store, read_outputs, stage_env
 
-from jobs.model import save_model
+from jobs.vlm.model import save_model
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 KILLER = """
 import os, signal
 import jobs.caption as c
-from jobs.runtime import main
+from jobs.core.runtime import main
 limit, seen = int(os.environ["KILL_AFTER"]), [0]
 original = c.Captioner.caption_batch
 def caption_then_maybe_die(self, batch, seed=None, **kwargs):

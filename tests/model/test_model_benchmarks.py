@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from jobs.model import build_model
-from jobs.packing import collate_padded
+from jobs.training.packing import collate_padded
+from jobs.vlm.model import build_model
 
 REPO = Path(__file__).resolve().parents[2]
 

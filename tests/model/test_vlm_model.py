@@ -9,7 +9,8 @@ import torch
 from PIL import Image
 from transformers import AutoProcessor, InternVLForConditionalGeneration
 
-from jobs.model import (
+from jobs.vlm.inference import generate_texts, text_logprobs
+from jobs.vlm.model import (
     PRESETS,
     VLMProcessor,
     _config,
@@ -17,11 +18,9 @@ from jobs.model import (
     build_processor,
     chat_prompt,
     device_and_dtype,
-    generate_texts,
     image_tokens_per_tile,
     load_model,
     save_model,
-    text_logprobs,
 )
 from sailk8s.errors import ConfigError
 

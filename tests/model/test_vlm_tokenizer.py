@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.tokenizer import IMAGE_TOKENS, build_tokenizer
+from jobs.vlm.tokenizer import IMAGE_TOKENS, build_tokenizer
 
 
 def test_same_vocabulary_every_time() -> None:
@@ -42,7 +42,7 @@ def test_a_foreign_tokenizer_gets_the_image_tokens_and_template() -> None:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from jobs.model import build_processor, chat_prompt
+    from jobs.vlm.model import build_processor, chat_prompt
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs import shards as sh
+from jobs.core import shards as sh
+from jobs.core.samples import NUMBER_WORDS
 from jobs.evaluate import names_only
-from jobs.samples import NUMBER_WORDS
 
 ROOT = Path(__file__).resolve().parents[2]
 DIGITS = [str(d) for d in range(10)]

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jobs import attention
+from jobs.vlm import attention
 
 torch.set_num_threads(1)
 

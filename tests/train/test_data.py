@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs import model as vlm
-from jobs.data import IMAGE_TOKEN_MISMATCH, TOO_LONG, TOO_LONG_IMAGE, Dropped, SampleEncoder
-from jobs.packing import IGNORE, TokenizedSample
+from jobs.training.encoding import IMAGE_TOKEN_MISMATCH, TOO_LONG, TOO_LONG_IMAGE, Dropped, SampleEncoder
+from jobs.training.packing import IGNORE, TokenizedSample
+from jobs.vlm import model as vlm
 
 torch.set_num_threads(1)
 

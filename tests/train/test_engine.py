@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from jobs.engine import make_engine
-from jobs.train import _dist_env, lr_at, progress_of
+from jobs.training.engine import make_engine
+from jobs.training.train import _dist_env, lr_at, progress_of
 from sailk8s.stageconfig.pretrain import Config
 
 torch.set_num_threads(1)

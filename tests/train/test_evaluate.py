@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from train_helpers import read_json, run_stage, run_stage_torchrun
 
-from jobs import shards as sh
-from jobs.model import build_model, save_model
+from jobs.core import shards as sh
+from jobs.vlm.model import build_model, save_model
 
 MODEL = "models/eval-tiny"
 

@@ -16,13 +16,13 @@ import structlog
 import torch
 from PIL import Image
 
-from jobs import model as vlm
-from jobs import shards as sh
-from jobs.data import IMAGE_TOKEN_MISMATCH, Dropped, ImageRef, SampleEncoder, probe_image
-from jobs.mixstream import MixStream
-from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed
-from jobs.runtime import InputError
-from jobs.train import Trainer
+from jobs.core import shards as sh
+from jobs.training.encoding import IMAGE_TOKEN_MISMATCH, Dropped, ImageRef, SampleEncoder, probe_image
+from jobs.training.mixstream import MixStream
+from jobs.training.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed
+from jobs.training.train import Trainer
+from jobs.vlm import model as vlm
+from sailk8s.errors import InputError
 from sailk8s.stageconfig.training import MixEntry
 from sailk8s.store.local import LocalStore
 from sailk8s.testing.stores import CountingStore

@@ -8,7 +8,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from jobs.packing import IGNORE, StreamPacker, TokenizedSample, collate_packed, collate_padded, fill_rate
+from jobs.training.packing import (
+    IGNORE,
+    StreamPacker,
+    TokenizedSample,
+    collate_packed,
+    collate_padded,
+    fill_rate,
+)
 
 torch.set_num_threads(1)
 
@@ -73,7 +80,7 @@ def _loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tenso
 def test_packed_loss_and_grads_equal_unpacked_on_a_real_qwen2(per_sample_attention: bool) -> None:
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from jobs.attention import use_packed_attention
+    from jobs.vlm.attention import use_packed_attention
 
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(Qwen2Config(vocab_size=64, hidden_size=32, num_hidden_layers=2,

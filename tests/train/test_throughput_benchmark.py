@@ -27,7 +27,7 @@ def bench() -> ModuleType:
 
 
 def test_samples_are_the_sail_like_lengths_at_one_sixteenth(bench: ModuleType) -> None:
-    from jobs.model import build_model
+    from jobs.vlm.model import build_model
 
     _, processor = build_model("tiny")
     samples = bench.make_samples(200, processor)
@@ -52,7 +52,7 @@ def test_bound_is_the_fill_ratio_without_vision_and_falls_with_vision_time(bench
 
 
 def test_flop_bound_of_the_real_model_is_below_the_fill_ratio(bench: ModuleType) -> None:
-    from jobs.model import build_model
+    from jobs.vlm.model import build_model
 
     shape = bench.model_shape(build_model("sail-vl-2b", device="meta")[0])
     full = bench.flop_bound(shape, 800, "all")

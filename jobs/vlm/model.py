@@ -1,48 +1,14 @@
-"""InternVL-family VLMs for the workloads: presets, offline processor, save/load, batched inference.
-
-Public API (other stages build on these names):
-
-    PRESETS: dict[str, Preset]                  # "tiny" (CPU tests) and "sail-vl-2b"
-    build_model(preset="tiny", *, vision_from=None, llm_from=None, seed=0, dtype=None,
-                attn_implementation=None, max_tiles=None, device=None)
-        -> (InternVLForConditionalGeneration, VLMProcessor)
-        random init from the preset's config; vision_from / llm_from: local paths or store URIs
-        (file://, s3://) holding pretrained weights (safetensors), loaded and shape-checked.
-    build_tokenizer(vocab_size=1024)            # jobs.tokenizer: offline byte-level BPE
-    build_processor(preset="tiny", tokenizer=None, max_tiles=None) -> VLMProcessor
-    save_model(model, processor, out_dir)       # transformers format; after `import jobs.model`,
-        InternVLForConditionalGeneration.from_pretrained + AutoProcessor.from_pretrained load it
-    load_model(path_or_uri, *, device="cpu", dtype=None, cache_dir=None) -> (model, processor)
-        local dir | store prefix (file:// or s3://, downloaded once into a cache) | hub id
-    fetch_prefix(uri, cache_dir=None) -> Path   # a store prefix as a local dir (cached, atomic)
-    chat_prompt(processor, prompt, *, image=True) -> str   # chat-templated user turn + "assistant"
-    generate_texts(model, processor, images, prompts, max_new_tokens=64, **gen) -> list[str]
-        batched (left padding); prompts are raw user text, templated here
-    generate(...) -> list[Generated]            # the same, with token counts and `finished`
-    text_logprobs(model, processor, images | None, prompts, texts) -> list[float]
-        sum log p(text | prompt[, image]) per sample, batched
-    device_and_dtype() -> (device, dtype)       # cuda + bf16 on GPU, cpu + fp32 otherwise
-    image_tokens_per_tile(config) -> int
-
-Prompts: an image goes first in the user turn (InternVL style); `<IMG_CONTEXT>` is expanded by
-the processor to `<img>` + N context tokens per tile + `</img>`.
-"""
+"""InternVL-family models: presets, the offline processor, building, saving and loading."""
 
 from __future__ import annotations
 
-import hashlib
-import logging
 import os
 import re
-import shutil
-import tempfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image
 from transformers import (
     AutoProcessor,
     InternVLConfig,
@@ -53,13 +19,10 @@ from transformers.models.got_ocr2.image_processing_pil_got_ocr2 import GotOcr2Im
 from transformers.models.internvl.processing_internvl import InternVLProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from jobs.tokenizer import add_internvl_tokens, build_tokenizer
-from jobs.weights import load_pretrained_part
-from sailk8s.errors import ConfigError, ObjectNotFound
-
-log = logging.getLogger(__name__)
-
-MODEL_CACHE_ENV = "SAIL_MODEL_CACHE"
+from jobs.vlm.modelref import fetch_prefix, local_dir
+from jobs.vlm.tokenizer import add_internvl_tokens, build_tokenizer
+from jobs.vlm.weights import load_pretrained_part
+from sailk8s.errors import ConfigError
 
 
 @dataclass(frozen=True)
@@ -78,6 +41,7 @@ class Preset:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+# "tiny" builds in a second for CPU tests; "sail-vl-2b" has the shapes of the paper's model.
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -224,10 +188,12 @@ def build_model(
 ) -> tuple[InternVLForConditionalGeneration, VLMProcessor]:
     """A model of the preset's shapes, random init (seeded) or with pretrained vision/LLM weights.
 
-    `device` builds the weights there directly (a 2B model initialises in seconds on a GPU).
+    `vision_from` / `llm_from`: local paths or store URIs (file://, s3://) of pretrained weights
+    (safetensors), loaded and shape-checked. `device` builds the weights there directly (a 2B
+    model initialises in seconds on a GPU).
     """
     p = _preset(preset)
-    llm_dir = _local_dir(llm_from) if llm_from is not None else None
+    llm_dir = local_dir(llm_from) if llm_from is not None else None
     tokenizer = None
     if llm_dir is not None and (llm_dir / "tokenizer.json").exists():
         # A real LLM comes with its own vocabulary: its embeddings only make sense with it.
@@ -242,7 +208,7 @@ def build_model(
     with torch.device(device or "cpu"):
         model = InternVLForConditionalGeneration(config)
     if vision_from is not None:
-        load_pretrained_part(model, "vision", _local_dir(vision_from))
+        load_pretrained_part(model, "vision", local_dir(vision_from))
     if llm_dir is not None:
         load_pretrained_part(model, "llm", llm_dir)
     model.generation_config.eos_token_id = processor.tokenizer.eos_token_id
@@ -255,67 +221,16 @@ def build_model(
 def save_model(
     model: InternVLForConditionalGeneration, processor: VLMProcessor, out_dir: str | os.PathLike[str]
 ) -> Path:
-    """Write model + processor in transformers format (safetensors) to out_dir."""
+    """Write model + processor in transformers format (safetensors) to out_dir.
+
+    Once this module is imported, InternVLForConditionalGeneration.from_pretrained and
+    AutoProcessor.from_pretrained load the result too.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
-
-
-def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:
-    """Where downloaded store prefixes live: argument, $SAIL_MODEL_CACHE, or ~/.cache/sail-pipeline."""
-    if cache_dir is not None:
-        return Path(cache_dir)
-    env = os.environ.get(MODEL_CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "sail-pipeline" / "models"
-
-
-def fetch_prefix(uri: str, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """Download every object under a store prefix once; later calls reuse the cached copy.
-
-    The copy is made in a temp dir beside the target and renamed into place, so a reader (or a
-    second rank racing on the same node) never sees a half-downloaded model.
-    """
-    from sailk8s.store import open_store  # the store layer: file:// and s3:// behind one contract
-
-    root = _cache_root(cache_dir)
-    target = root / hashlib.sha256(uri.rstrip("/").encode()).hexdigest()[:24]
-    if (target / ".complete").exists():
-        return target
-    store = open_store(uri)
-    keys = list(store.list(""))
-    if not keys:
-        raise ObjectNotFound(f"no objects under {uri}: not a model prefix")
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".fetch-", dir=root))
-    try:
-        for key in keys:
-            dest = tmp / key
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            store.get_file(key, dest)
-        (tmp / ".complete").write_text(uri)
-        try:
-            tmp.rename(target)
-        except OSError:
-            if not (target / ".complete").exists():  # lost a race to a complete copy: fine; else retry
-                shutil.rmtree(target, ignore_errors=True)
-                tmp.rename(target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("fetched %d objects from %s into %s", len(keys), uri, target)
-    return target
-
-
-def _local_dir(path_or_uri: str | os.PathLike[str], cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """A local directory for a path or store URI; ConfigError when a local path is missing."""
-    s = os.fspath(path_or_uri)
-    if "://" in s:
-        return fetch_prefix(s, cache_dir)
-    path = Path(s).expanduser()
-    if not path.exists():
-        raise ConfigError(f"pretrained weights not found: {s} does not exist")
-    return path
 
 
 def load_model(
@@ -353,137 +268,13 @@ def load_model(
 
 
 def chat_prompt(processor: VLMProcessor, prompt: str, *, image: bool = True) -> str:
-    """A one-turn chat prompt ending with the assistant header (image first when given)."""
+    """A one-turn chat prompt ending with the assistant header (image first when given).
+
+    The processor expands the image placeholder to `<img>` + N context tokens per tile + `</img>`.
+    """
     content: list[dict[str, str]] = [{"type": "image"}] if image else []
     content.append({"type": "text", "text": prompt})
     text: str = processor.tokenizer.apply_chat_template(
         [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
     )
     return text
-
-
-def _model_inputs(
-    model: InternVLForConditionalGeneration, enc: Any
-) -> dict[str, torch.Tensor]:
-    """Move processor output to the model's device, pixels in the model's dtype."""
-    out: dict[str, torch.Tensor] = {}
-    for k, v in enc.items():
-        if k == "pixel_values":
-            out[k] = v.to(model.device, dtype=model.dtype)
-        else:
-            out[k] = v.to(model.device)
-    return out
-
-
-@dataclass(frozen=True)
-class Generated:
-    """One generated reply: its text, how many tokens it took, and whether it ended by itself."""
-
-    text: str
-    tokens: int
-    finished: bool  # False: cut at max_new_tokens
-
-
-def generate_texts(
-    model: InternVLForConditionalGeneration,
-    processor: VLMProcessor,
-    images: Sequence[Image.Image],
-    prompts: Sequence[str],
-    max_new_tokens: int = 64,
-    *,
-    max_tiles: int | None = None,
-    **gen: Any,
-) -> list[str]:
-    """Generate one text per (image, prompt) pair in ONE batched call (left padding)."""
-    return [g.text for g in generate(model, processor, images, prompts, max_new_tokens,
-                                     max_tiles=max_tiles, **gen)]
-
-
-@torch.inference_mode()
-def generate(
-    model: InternVLForConditionalGeneration,
-    processor: VLMProcessor,
-    images: Sequence[Image.Image],
-    prompts: Sequence[str],
-    max_new_tokens: int = 64,
-    *,
-    max_tiles: int | None = None,
-    **gen: Any,
-) -> list[Generated]:
-    """Like `generate_texts`, with each reply's token count and whether it ended before the cap."""
-    if len(images) != len(prompts):
-        raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
-    if not prompts:
-        return []
-    texts = [chat_prompt(processor, p, image=True) for p in prompts]
-    img_kwargs = {"max_patches": max_tiles, "crop_to_patches": max_tiles > 1} if max_tiles else {}
-    enc = processor(images=list(images), text=texts, padding=True, padding_side="left",
-                    return_tensors="pt", **img_kwargs)
-    inputs = _model_inputs(model, enc)
-    gen.setdefault("do_sample", False)
-    gen.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
-    gen.setdefault("eos_token_id", processor.tokenizer.eos_token_id)
-    out = model.generate(**inputs, max_new_tokens=max_new_tokens, **gen)
-    new = out[:, inputs["input_ids"].shape[1]:]
-    decoded: list[str] = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
-    eos = gen["eos_token_id"]
-    stops = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    result = []
-    for row, text in zip(new.tolist(), decoded, strict=True):
-        end = next((i for i, t in enumerate(row) if t in stops), None)
-        result.append(Generated(text.strip(), len(row) if end is None else end + 1, end is not None))
-    return result
-
-
-@torch.inference_mode()
-def text_logprobs(
-    model: InternVLForConditionalGeneration,
-    processor: VLMProcessor,
-    images: Sequence[Image.Image] | None,
-    prompts: Sequence[str],
-    texts: Sequence[str],
-) -> list[float]:
-    """Sum of log p(text | chat prompt[, image]) per sample, in one batched forward pass.
-
-    The text is scored as the assistant's reply (followed by the end-of-turn token, so a text
-    that should end there is rewarded); the filter stage compares with and without the image.
-    """
-    if len(prompts) != len(texts) or (images is not None and len(images) != len(texts)):
-        raise ValueError("images, prompts and texts must have the same length")
-    if not texts:
-        return []
-    tok = processor.tokenizer
-    chat = [chat_prompt(processor, p, image=images is not None) for p in prompts]
-    if images is not None:
-        enc = processor(
-            images=list(images), text=chat, padding=True, padding_side="right", return_tensors="pt"
-        )
-        lengths = enc["attention_mask"].sum(dim=1).tolist()
-        prompt_ids: list[list[int]] = [
-            row[:n].tolist() for row, n in zip(enc["input_ids"], lengths, strict=True)
-        ]
-        pixel_values = enc["pixel_values"].to(model.device, dtype=model.dtype)
-    else:
-        prompt_ids = [list(x) for x in tok(chat, add_special_tokens=False)["input_ids"]]
-        pixel_values = None
-    reply_ids = [[*x, tok.eos_token_id] for x in tok(list(texts), add_special_tokens=False)["input_ids"]]
-    seqs = [p + r for p, r in zip(prompt_ids, reply_ids, strict=True)]
-    width = max(len(s) for s in seqs)
-    # Right padding: positions are then the plain 0..n-1 of each sample, as in training.
-    ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, (p, r) in enumerate(zip(prompt_ids, reply_ids, strict=True)):
-        n = len(p) + len(r)
-        ids[i, :n] = torch.tensor(p + r)
-        mask[i, :n] = 1
-        labels[i, len(p):n] = torch.tensor(r)
-    kwargs: dict[str, Any] = {"input_ids": ids.to(model.device), "attention_mask": mask.to(model.device)}
-    if pixel_values is not None:
-        kwargs["pixel_values"] = pixel_values
-    logits = model(**kwargs, use_cache=False).logits.float()
-    logp = torch.log_softmax(logits[:, :-1], dim=-1)
-    target = labels[:, 1:].to(model.device)
-    picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-    picked = picked.masked_fill(target == -100, 0.0)
-    return [float(x) for x in picked.sum(dim=1).cpu()]

@@ -1,10 +1,4 @@
-"""Load pretrained vision-tower or LLM weights into an InternVL model, shape-checked.
-
-Sources are transformers-format directories (or single files): `model.safetensors`, a sharded
-`model.safetensors.index.json`, or `pytorch_model.bin` read with `weights_only=True` (never
-unpickling arbitrary objects). Key prefixes of the usual layouts (a bare InternVLVisionModel or
-Qwen2ForCausalLM, or a whole InternVL checkpoint) are recognised automatically.
-"""
+"""Load pretrained vision-tower or LLM weights into an InternVL model, shape-checked."""
 
 from __future__ import annotations
 
@@ -28,7 +22,11 @@ _PREFIXES = {
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a weights file or transformers model directory."""
+    """All tensors of a weights file or transformers model directory.
+
+    `model.safetensors`, a sharded `model.safetensors.index.json`, or `pytorch_model.bin` read with
+    `weights_only=True` (never unpickling arbitrary objects).
+    """
     if path.is_file():
         files = [path]
     elif (path / "model.safetensors.index.json").exists():
@@ -75,6 +73,9 @@ def _best_prefix(keys: set[str], wanted: set[str], part: str) -> str:
 
 def load_pretrained_part(model: Any, part: str, path: Path) -> None:
     """Copy the vision tower's ('vision') or LLM's ('llm') weights from path into model.
+
+    The key prefixes of the usual layouts (a bare InternVLVisionModel or Qwen2ForCausalLM, or a
+    whole InternVL checkpoint) are recognised automatically.
 
     Every tensor of the part must be present with the same shape; otherwise a ConfigError
     names the first offending key and both shapes.

@@ -1,20 +1,4 @@
-"""A deterministic stream of raw samples from a weighted mix of store prefixes, repeating epochs.
-
-    stream = MixStream(store, entries, seed=0, order_by=None)
-    for entry_index, sample in stream: ...      # sample: jobs.shards.Sample (bytes + json)
-    stream.epochs, stream.dropped               # epochs started per source, bad samples by reason
-
-Sources are interleaved by smooth weighted round robin (the nginx scheme): over any window the
-share of each source follows its weight exactly, with no random state to save. Each source
-reads its shards in an order shuffled per epoch (seeded), samples shuffled within a shard
-(seeded by epoch and shard, so `state()`/`restore()` resume anywhere by reading one shard);
-with `order_by` a source is instead read fully into memory and sorted by that json field
-(the SFT curriculum option; meant for SFT-sized sets). When a source runs out it starts a new
-epoch and says so in the log: a budget larger than the data repeats it. The same arguments
-always give the same sequence.
-Images stay encoded bytes here: jobs.train plans samples from the image header and decodes
-only the images of the sequences its rank trains on.
-"""
+"""A deterministic stream of raw samples from a weighted mix of store prefixes, repeating epochs."""
 
 from __future__ import annotations
 
@@ -26,9 +10,9 @@ from typing import Any
 
 import structlog
 
-from jobs import shards as sh
-from jobs.data import field_value
-from jobs.runtime import InputError
+from jobs.core.shards import BadSample, Sample, read_shard
+from jobs.training.encoding import field_value
+from sailk8s.errors import InputError
 from sailk8s.stageconfig.training import MixEntry
 from sailk8s.store.base import ObjectStore
 
@@ -49,7 +33,9 @@ class SourceReader:
 
     Shards are read in an order shuffled per epoch, each shard's samples in an order shuffled
     per (epoch, shard): no random state crosses shards, so `state()` is three numbers and
-    `restore()` reads one shard, whatever the distance travelled.
+    `restore()` reads one shard, whatever the distance travelled. With `order_by` (the SFT
+    curriculum option, for SFT-sized sets) the source is instead read whole and sorted by that
+    json field. A budget larger than the data starts a new epoch, and the log says so.
     """
 
     def __init__(self, store: ObjectStore, entry: MixEntry, *, seed: int, order_by: str | None = None,
@@ -62,7 +48,7 @@ class SourceReader:
         self.epoch = 0
         self.shard_pos = 0  # index in this epoch's shard order of the shard being read
         self.sample_pos = 0  # samples of it already yielded (or, with order_by, of the sorted list)
-        self._sorted: list[sh.Sample] | None = None
+        self._sorted: list[Sample] | None = None
         self._count_drops = True
 
     def state(self) -> dict[str, int]:
@@ -76,18 +62,18 @@ class SourceReader:
         # The bad samples of the shard resumed mid-way were counted by the run that read it first.
         self._count_drops = False
 
-    def _items(self, key: str) -> Iterator[sh.Sample | sh.BadSample]:
+    def _items(self, key: str) -> Iterator[Sample | BadSample]:
         """One shard's samples and bad samples, in file order; samples know their shard."""
         need_image = self.need_image and self.entry.format != "auto"
-        for item in sh.read_shard(io.BytesIO(self.store.get(key)), need_image=need_image):
-            if not isinstance(item, sh.BadSample):
+        for item in read_shard(io.BytesIO(self.store.get(key)), need_image=need_image):
+            if not isinstance(item, BadSample):
                 item.shard = key
             yield item
 
-    def _read(self, key: str) -> list[sh.Sample]:
-        out: list[sh.Sample] = []
+    def _read(self, key: str) -> list[Sample]:
+        out: list[Sample] = []
         for item in self._items(key):
-            if isinstance(item, sh.BadSample):
+            if isinstance(item, BadSample):
                 if self.epoch == 0 and self._count_drops:  # each bad sample once, not once per epoch
                     self.dropped[item.reason] += 1
             else:
@@ -95,11 +81,11 @@ class SourceReader:
         self._count_drops = True
         return out
 
-    def fetch(self, key: str) -> dict[str, sh.Sample]:
+    def fetch(self, key: str) -> dict[str, Sample]:
         """One shard's usable samples by sample key (a resume's random access; no drop counting)."""
-        return {item.key: item for item in self._items(key) if not isinstance(item, sh.BadSample)}
+        return {item.key: item for item in self._items(key) if not isinstance(item, BadSample)}
 
-    def _score(self, s: sh.Sample) -> tuple[int, float]:
+    def _score(self, s: Sample) -> tuple[int, float]:
         v = field_value(s.meta, self.order_by or "")
         if isinstance(v, bool) or not isinstance(v, (int, float)):
             return (1, 0.0)  # unscored samples go last either way
@@ -111,13 +97,13 @@ class SourceReader:
         random.Random(f"{self.seed}:{self.entry.prefix}:{epoch}").shuffle(order)
         return order
 
-    def shard_samples(self, key: str, epoch: int) -> list[sh.Sample]:
+    def shard_samples(self, key: str, epoch: int) -> list[Sample]:
         """One shard's usable samples in the order epoch `epoch` yields them."""
         samples = self._read(key)
         random.Random(f"{self.seed}:{self.entry.prefix}:{epoch}:{key}").shuffle(samples)
         return samples
 
-    def __iter__(self) -> Iterator[sh.Sample]:
+    def __iter__(self) -> Iterator[Sample]:
         while True:
             produced = self.shard_pos + self.sample_pos  # > 0: resumed mid-epoch, data exists
             if self.epoch > 0 and produced == 0:
@@ -147,7 +133,12 @@ class SourceReader:
 
 
 class MixStream:
-    """(entry index, sample) pairs from all sources, interleaved by smooth weighted round robin."""
+    """(entry index, sample) pairs from all sources, interleaved by smooth weighted round robin.
+
+    The nginx scheme: over any window each source's share follows its weight exactly, with no
+    random state to save. The same arguments always give the same sequence. Images stay encoded
+    bytes: training decodes only those of the sequences its rank trains on.
+    """
 
     def __init__(self, store: ObjectStore, entries: Sequence[MixEntry], *, seed: int = 0,
                  order_by: str | None = None, descending: bool = False) -> None:
@@ -180,7 +171,7 @@ class MixStream:
         for reader, rs in zip(self.readers, state["readers"], strict=True):
             reader.restore(rs)
 
-    def __iter__(self) -> Iterator[tuple[int, sh.Sample]]:
+    def __iter__(self) -> Iterator[tuple[int, Sample]]:
         iters = [iter(r) for r in self.readers]
         weights = [e.weight for e in self.entries]
         total = sum(weights)
@@ -191,8 +182,3 @@ class MixStream:
             self.current[pick] -= total
             self.draws[self.entries[pick].prefix] += 1
             yield pick, next(iters[pick])
-
-
-def describe_sample(s: Any) -> str:
-    """A short id for log lines."""
-    return str(getattr(s, "key", "?"))

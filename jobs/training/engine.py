@@ -1,18 +1,4 @@
-"""The optimizer step behind one interface: DeepSpeed (ZeRO 0-3) or plain torch (DDP-style reduce).
-
-    engine = make_engine(model, params, sub, cfg, dist, accumulation)   # per sub-stage
-    engine.backward(loss)     # loss already normalised for the whole global batch
-    engine.step()             # at the end of a global batch: reduce, clip, update
-    engine.set_lr(lr); engine.optimizer_state() / load_optimizer_state(sd)
-
-The loss each micro batch hands in is (sum of token losses) / (target tokens of the WHOLE global
-batch), so the update equals the one for the unpacked, unsplit batch whatever the packing,
-micro batch size or world size. DeepSpeed divides by the accumulation steps and averages over
-ranks; its wrapper multiplies that back out.
-
-DeepSpeed is given a torch AdamW (no ~45 s compile of its own Adam), and its shared-memory
-comm op build (~35 s on CPU) is disabled: gloo does the collectives on CPU, NCCL on GPU.
-"""
+"""The optimizer step behind one interface: DeepSpeed (ZeRO 0-3) or plain torch (DDP-style reduce)."""
 
 from __future__ import annotations
 
@@ -97,7 +83,11 @@ class TorchEngine:
 
 
 class DeepSpeedEngine:
-    """DeepSpeed's engine with ZeRO; optimizer state saved per rank as plain tensors."""
+    """DeepSpeed's engine with ZeRO; optimizer state saved per rank as plain tensors.
+
+    It is given a torch AdamW (no ~45 s compile of DeepSpeed's own Adam); gloo does the
+    collectives on CPU, NCCL on GPU.
+    """
 
     def __init__(self, model: torch.nn.Module, params: Sequence[torch.nn.Parameter], sub: SubStage,
                  cfg: TrainingConfig, world_size: int, accumulation: int, bf16: bool) -> None:
@@ -166,7 +156,12 @@ Engine = TorchEngine | DeepSpeedEngine
 
 def make_engine(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], sub: SubStage,
                 cfg: TrainingConfig, world_size: int, accumulation: int, bf16: bool) -> Engine:
-    """DeepSpeed when configured, else the plain torch engine."""
+    """DeepSpeed when configured, else the plain torch engine.
+
+    Either way `backward` takes (sum of token losses) / (target tokens of the WHOLE global batch),
+    so an update equals the one for the unpacked, unsplit batch whatever the packing, micro batch
+    size or world size; `step` ends a global batch (reduce, clip, update).
+    """
     if cfg.deepspeed:
         return DeepSpeedEngine(model, params, sub, cfg, world_size, accumulation, bf16)
     return TorchEngine(model, params, sub, cfg, world_size)

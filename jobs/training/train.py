@@ -1,29 +1,4 @@
-"""The training loop shared by `jobs.pretrain` and `jobs.sft`: sub-stages, budgets, checkpoints.
-
-    run_training(stage, cfg, substages, order_by=None, descending=False) -> report dict
-
-For each sub-stage in order (each continuing from the previous one's weights):
-freeze policy (train projector / vision / llm), a deterministic data stream (weighted mix,
-epochs repeat when the budget is larger than the data), samples encoded (jobs.data) and
-stream-packed (jobs.packing) into `seq_len` sequences; a global batch of `global_batch`
-sequences per optimizer step, split over ranks and micro batches (gradient accumulation);
-AdamW with warmup + cosine on the fraction of the budget done; DeepSpeed ZeRO (jobs.engine).
-
-Every rank reads the same stream and packs the same sequences, then trains on its share, and
-the loss normaliser (target tokens of the whole global batch) is known on every rank. The data
-position is a cursor saved with each checkpoint (jobs.binstream): a resume reads a few shards,
-not the stream up to the position. The packing needs only each sample's token count, so
-samples are *planned* (jobs.data.SampleEncoder.plan: text tokens + the tile count from the
-image header, no pixel decoding) and a rank decodes and tiles the images of its own sequences
-only (`materialize`). An image whose header reads but whose pixels do not is found by the rank
-that trains it: that sample is blanked (no targets, black tiles: the sequences keep their
-layout on every rank) and its targets leave the normaliser through one small all-reduce per
-step.
-Checkpoints every `checkpoint_every` steps and at the end of each sub-stage (jobs.checkpoint);
-on start the newest valid one is resumed: weights, optimizer, step, data position, RNG.
-Rank 0 writes progress.json (step, tokens vs budget, loss, tokens/s, ETA), a loss curve PNG,
-report.json, and exports the final model (transformers format) to `export_to` / outputs[0].
-"""
+"""The training loop shared by `jobs.pretrain` and `jobs.sft`: sub-stages, budgets, checkpoints."""
 
 from __future__ import annotations
 
@@ -44,18 +19,19 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
-from jobs import model as vlm
-from jobs import shards as sh
-from jobs.attention import use_packed_attention
-from jobs.binstream import BinStream
-from jobs.checkpoint import Checkpointer, TrainState
-from jobs.data import TRUNCATED, Dropped, ImageRef, SampleEncoder
-from jobs.engine import init_distributed, make_engine, shutdown_distributed
-from jobs.mixstream import MixStream
-from jobs.modelref import resolve_model_ref
-from jobs.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
-from jobs.runtime import StageRun, local_tmp_root
-from jobs.tokenweights import LossWeights
+from jobs.core.runtime import StageRun
+from jobs.core.shardio import local_tmp_root
+from jobs.core.shards import BadSampleError, Sample
+from jobs.training.binstream import BinStream
+from jobs.training.checkpoint import Checkpointer, TrainState
+from jobs.training.encoding import TRUNCATED, Dropped, ImageRef, SampleEncoder
+from jobs.training.engine import init_distributed, make_engine, shutdown_distributed
+from jobs.training.mixstream import MixStream
+from jobs.training.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
+from jobs.training.tokenweights import LossWeights
+from jobs.vlm.attention import use_packed_attention
+from jobs.vlm.model import build_model, load_model, save_model
+from jobs.vlm.modelref import resolve_model_ref
 from sailk8s.errors import ConfigError
 from sailk8s.ledger import CheckpointLedger, ProgressRecord, StageResults
 from sailk8s.stageconfig.training import SubStage, TrainingConfig
@@ -113,7 +89,13 @@ def _dist_env(world_size: int) -> None:
 
 
 class Trainer:
-    """One training stage in this process."""
+    """One training stage in this process.
+
+    Every rank reads the same stream and plans and packs the same sequences (tokens and tile
+    counts from image headers, no pixels), then trains on its share: the loss normaliser (target
+    weight of the whole global batch) is known on every rank, and a rank decodes the images of
+    its own sequences only.
+    """
 
     def __init__(self, stage: StageRun, cfg: TrainingConfig, substages: Sequence[SubStage], *,
                  order_by: str | None = None, descending: bool = False) -> None:
@@ -140,9 +122,9 @@ class Trainer:
         if m.init_from:
             ref = resolve_model_ref(self.stage.store, m.init_from, field="config.model.init_from")
             # A fresh cache: a rerun of the exporting stage must not be shadowed by an old copy.
-            model, processor = vlm.load_model(ref, device="cpu", cache_dir=self.tmp / "models")
+            model, processor = load_model(ref, device="cpu", cache_dir=self.tmp / "models")
         else:
-            model, processor = vlm.build_model(m.preset, vision_from=m.vision_from, llm_from=m.llm_from,
+            model, processor = build_model(m.preset, vision_from=m.vision_from, llm_from=m.llm_from,
                                                seed=self.cfg.seed, max_tiles=self.cfg.max_tiles)
         model.config.use_cache = False  # packed sequences must not share a KV cache
         if self.cfg.packing and not self.cuda:
@@ -153,13 +135,13 @@ class Trainer:
     def bins(self, sub: SubStage, encoder: SampleEncoder, stream: MixStream) -> BinStream:
         """Planned training sequences of a sub-stage: packed (or one sample per row for the baseline)."""
 
-        def plan(idx: int, sample: sh.Sample) -> TokenizedSample | None:
+        def plan(idx: int, sample: Sample) -> TokenizedSample | None:
             entry = sub.mix[idx]
             image = None
             if sample.image_ext and entry.format != "text":
                 try:
                     image = ImageRef.of_bytes(sample.image_bytes)  # the header only: pixels later
-                except sh.BadSampleError as err:
+                except BadSampleError as err:
                     self.dropped[err.reason] += 1
                     return None
             enc = encoder.plan(sample.meta, image, entry.format, text_fields=entry.text_fields,
@@ -186,7 +168,12 @@ class Trainer:
 
     def materialize(self, bins: Sequence[Bin], encoder: SampleEncoder,
                     weights: LossWeights | None = None) -> tuple[list[Bin], float]:
-        """This rank's sequences with their pixels made; (sequences, target weight blanked)."""
+        """This rank's sequences with their pixels made; (sequences, target weight blanked).
+
+        A sample whose image header read but whose pixels do not is blanked (no targets, black
+        tiles), so the sequences keep their layout on every rank; the caller takes its weight
+        out of the normaliser through one small all-reduce per step.
+        """
         weights = weights or LossWeights.uniform()
         out: list[Bin] = []
         blanked = 0.0
@@ -206,6 +193,7 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Resume from the newest valid checkpoint (weights, optimizer, step, data position, RNG), train."""
         _dist_env(self.world)
         init_distributed(self.world, cuda=self.cuda)
         model, processor = self.build_model()
@@ -229,6 +217,12 @@ class Trainer:
 
     def run_substage(self, model: torch.nn.Module, encoder: SampleEncoder, state: TrainState,
                      optim_state: dict[str, Any] | None) -> torch.nn.Module:
+        """Train one sub-stage to its budget, from the previous one's weights, checkpointing as it goes.
+
+        A global batch of `global_batch` sequences per optimizer step, split over ranks and micro
+        batches; AdamW with warmup + cosine on the fraction of the budget done. The data position
+        is a cursor saved with each checkpoint: a resume reads a few shards, not the stream.
+        """
         sub = self.substages[state.substage]
         per_rank, rest = divmod(sub.global_batch, self.world)
         if rest or per_rank % sub.micro_batch:
@@ -363,6 +357,7 @@ class Trainer:
         self.results.write_progress(0, rec)  # advisory: a store failure is logged, not raised
 
     def finish(self, model: torch.nn.Module, processor: Any, state: TrainState) -> dict[str, Any]:
+        """Rank 0: export the model (transformers format) to `export_to` / outputs[0], loss curve, report."""
         report: dict[str, Any] = {"kind": self.stage.ctx.kind, "substages": state.summaries,
                                   "global_steps": state.global_step,
                                   "final_loss": state.losses[-1][1] if state.losses else None,
@@ -370,7 +365,7 @@ class Trainer:
         if self.rank == 0:
             export = self.cfg.export_to or self.stage.output_prefix()
             out = self.tmp / "export"
-            vlm.save_model(model.to("cpu").float(), processor, out)
+            save_model(model.to("cpu").float(), processor, out)
             files = sorted(p for p in out.rglob("*") if p.is_file())
             # config.json last: a reader that finds it finds a complete model.
             for p in sorted(files, key=lambda p: p.name == "config.json"):

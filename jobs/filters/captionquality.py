@@ -1,15 +1,4 @@
-"""Caption quality without labels: a mergeable per-shard summary, the stage figures, and the gate.
-
-    q = CaptionQuality()
-    q.add(image_key, image_digest, prompt, caption, alt_text, truncated)
-    q.merge(other); CaptionQuality.from_json(q.to_json())       # per shard -> whole stage
-    q.figures() -> {"captions", "distinct", "distinct_ratio", "input_distinct", "top_share", ...}
-    gate_problems(q, gate) -> ["97% of captions are the same text ...", ...]   # [] = healthy
-
-Distinct counts use a k-minimum-values sketch over 64-bit hashes (exact below `K` distinct
-values, within ~2% above), so a shard's summary stays a few KB at any scale; the most common
-captions are tracked per shard (top `TOP`) and merged; lengths go into a histogram.
-"""
+"""Caption quality without labels: a mergeable per-shard summary, the stage's figures, and the gate."""
 
 from __future__ import annotations
 
@@ -41,7 +30,7 @@ def normalize(text: str) -> str:
 
 @dataclass
 class KMV:
-    """k minimum values of a 64-bit hash: a mergeable distinct-count sketch."""
+    """k minimum values of a 64-bit hash: a mergeable distinct-count sketch (within ~2% above K)."""
 
     values: list[int] = field(default_factory=list)  # sorted ascending, at most K
 
@@ -66,7 +55,11 @@ class KMV:
 
 @dataclass
 class CaptionQuality:
-    """Label-free figures over a set of generated captions; mergeable across shards."""
+    """Label-free figures over a set of generated captions; mergeable across shards.
+
+    A shard's summary stays a few KB at any scale: distinct counts are KMV sketches, the most
+    common captions are kept per shard (top TOP) and merged, lengths go into a histogram.
+    """
 
     captions: int = 0
     empty: int = 0

@@ -1,16 +1,4 @@
-"""Stream packing of tokenized samples into fixed-length sequences, and the padded baseline.
-
-A packed sequence holds several samples back to back; `position_ids` restart at 0 for each
-sample and no attention mask is passed, so transformers' packed-sequence masking keeps every
-sample's attention to itself (run the model with `use_cache=False`: with a cache the packed
-mask is not applied). The first token of each sample gets label -100: unpacked, it is never a
-target either, so the summed loss equals the unpacked batch's exactly.
-
-`StreamPacker` is the pure planning part (lengths in, bins out); `collate_packed` and
-`collate_padded` build the tensors. Packing places *planned* samples (tokens and tile count,
-pixels not yet made, see `TokenizedSample`); collating one is an error: jobs.train makes the
-pixels of a rank's own sequences first (jobs.data.SampleEncoder.materialize).
-"""
+"""Stream packing of tokenized samples into fixed-length sequences, and the padded baseline."""
 
 from __future__ import annotations
 
@@ -27,7 +15,7 @@ class TokenizedSample:
     """One sample ready for training: ids, labels (-100 = not a target), its image tiles.
 
     A *planned* sample has its tokens but not yet its pixels: `tiles` says how many image
-    tiles its image tokens stand for and `load_pixels` produces them (jobs.data materializes
+    tiles its image tokens stand for and `load_pixels` produces them (jobs.training.encoding materializes
     it); packing needs only the length, so pixels are made only for the sequences trained on.
     """
 
@@ -71,7 +59,7 @@ class StreamPacker:
     than `window` sequences are open, the fullest is emitted. A window of 1 is plain
     next-fit (what a naive stream packer does); 8-16 gets above 0.97 fill on SAIL-like lengths.
     A sequence still open `max_age` samples after it opened is emitted too: the samples a
-    checkpoint's data position must hold (jobs.binstream) then come from recent shards only.
+    checkpoint's data position must hold (jobs.training.binstream) then come from recent shards only.
     """
 
     def __init__(self, seq_len: int, window: int = 16, max_age: int = 512) -> None:
@@ -135,13 +123,21 @@ def fill_rate(batches: Sequence[dict[str, torch.Tensor]]) -> float:
 
 def _pixels(samples: Sequence[TokenizedSample]) -> torch.Tensor | None:
     if any(s.planned for s in samples):
-        raise ValueError("collate of a planned sample: materialize its pixel_values first (jobs.data)")
+        raise ValueError("collate of a planned sample: materialize its pixel_values first "
+                         "(jobs.training.encoding)")
     tiles = [s.pixel_values for s in samples if s.pixel_values is not None and len(s.pixel_values)]
     return torch.cat(tiles, dim=0) if tiles else None
 
 
 def collate_packed(bins: Sequence[Bin], seq_len: int, pad_id: int) -> dict[str, torch.Tensor]:
-    """Packed tensors: (B, seq_len) ids/labels/position_ids, no attention mask, image tiles in order."""
+    """Packed tensors: (B, seq_len) ids/labels/position_ids, no attention mask, image tiles in order.
+
+    `position_ids` restart at 0 for each sample, so transformers' packed-sequence masking keeps
+    every sample's attention to itself (run the model with `use_cache=False`: with a cache the
+    packed mask is not applied). Each sample's first token gets label -100, as it is never a
+    target unpacked either: the summed loss equals the unpacked batch's exactly. Planned samples
+    (pixels not made yet) are refused: materialize them first (jobs.training.encoding).
+    """
     ids = torch.full((len(bins), seq_len), pad_id, dtype=torch.long)
     labels = torch.full((len(bins), seq_len), IGNORE, dtype=torch.long)
     pos = torch.zeros((len(bins), seq_len), dtype=torch.long)

@@ -1,27 +1,4 @@
-"""Turning samples into training tokens: tiling, chat templating, image-token expansion, masking.
-
-    encoder = SampleEncoder(processor, seq_len=512, max_tiles=1, on_too_long="truncate")
-    encoder.caption(image, text)          # pretraining: labels on the caption (+ end token) only
-    encoder.conversation(image, turns)    # SFT: LLaVA turns, labels on assistant turns only
-    encoder.text(text)                    # pure text, every token a target
-    encoder.encode(sample_meta, image, fmt, ...) -> TokenizedSample | Dropped   (pixels made)
-    encoder.plan(sample_meta, ImageRef.of_bytes(raw), fmt, ...) -> TokenizedSample | Dropped
-    encoder.materialize(planned) -> TokenizedSample | Dropped                  (pixels made now)
-
-Images are tiled by the processor's image processor (InternVL dynamic tiling: up to
-`max_tiles` tiles + a thumbnail); each `<image>` placeholder becomes `<img>` + N*tiles context
-tokens + `</img>`, N = the processor's image_seq_length. The rendered chat matches
-`jobs.model.chat_prompt` (what generation sees): the image first in the user turn. A sample
-whose placeholders do not match its images, or that is too long, is returned as `Dropped`
-with a reason the stage counts.
-
-Two phases, so that training ranks decode only the images they train on: `plan` needs only
-the image's size (from its header: `ImageRef`) to know the tile count, hence the tokens, and
-returns a planned sample that packing can place; `materialize` decodes and tiles the pixels
-later and checks that they are as many tiles as planned (else IMAGE_TOKEN_MISMATCH). `encode`
-is both at once. An image whose header reads but whose pixels do not decode is found only by
-`materialize` (its BadSampleError reason is returned as the Dropped reason).
-"""
+"""Turning samples into training tokens: tiling, chat templating, image-token expansion, masking."""
 
 from __future__ import annotations
 
@@ -34,8 +11,8 @@ from typing import Any, Literal
 import torch
 from PIL import Image
 
-from jobs import shards as sh
-from jobs.packing import IGNORE, TokenizedSample
+from jobs.core import shards
+from jobs.training.packing import IGNORE, TokenizedSample
 
 IMAGE_PLACEHOLDER = "<image>"
 
@@ -73,12 +50,12 @@ class ImageRef:
         return cls(image.size, lambda: image)
 
     @classmethod
-    def of_bytes(cls, data: bytes, max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> ImageRef:
+    def of_bytes(cls, data: bytes, max_pixels: int = shards.DEFAULT_MAX_PIXELS) -> ImageRef:
         """Encoded bytes: the header is read now (BadSampleError if unusable), pixels on `load`."""
-        return cls(probe_image(data, max_pixels), lambda: sh.decode_image(data, max_pixels=max_pixels))
+        return cls(probe_image(data, max_pixels), lambda: shards.decode_image(data, max_pixels=max_pixels))
 
 
-def probe_image(data: bytes, max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+def probe_image(data: bytes, max_pixels: int = shards.DEFAULT_MAX_PIXELS) -> tuple[int, int]:
     """(width, height) from the header, with `decode_image`'s header guards and reasons."""
     try:
         with warnings.catch_warnings():
@@ -87,10 +64,10 @@ def probe_image(data: bytes, max_pixels: int = sh.DEFAULT_MAX_PIXELS) -> tuple[i
                 w, h = img.size
     except Exception:
         # The header does not read: decoding fails at the same point and names the reason.
-        sh.decode_image(data, max_pixels=max_pixels)
-        raise sh.BadSampleError(sh.NOT_AN_IMAGE, "unreadable image header") from None
+        shards.decode_image(data, max_pixels=max_pixels)
+        raise shards.BadSampleError(shards.NOT_AN_IMAGE, "unreadable image header") from None
     if w <= 0 or h <= 0 or w * h > max_pixels:
-        raise sh.BadSampleError(sh.DECOMPRESSION_BOMB, f"{w}x{h}")
+        raise shards.BadSampleError(shards.DECOMPRESSION_BOMB, f"{w}x{h}")
     return w, h
 
 
@@ -105,7 +82,14 @@ def field_value(meta: dict[str, Any], path: str) -> Any:
 
 
 class SampleEncoder:
-    """Encodes samples for one model's processor, under one sequence length and tiling."""
+    """Encodes samples for one model's processor, under one sequence length and tiling.
+
+    Images are tiled by the processor (InternVL dynamic tiling: up to `max_tiles` tiles + a
+    thumbnail); each `<image>` placeholder becomes `<img>` + N*tiles context tokens + `</img>`, N
+    the processor's image_seq_length. The chat renders as jobs.vlm.model.chat_prompt does for
+    generation: the image first in the user turn. A sample whose placeholders do not match its
+    images, or that is too long, comes back as `Dropped` with a reason the stage counts.
+    """
 
     def __init__(self, processor: Any, *, seq_len: int, max_tiles: int = 1,
                  on_too_long: Literal["truncate", "drop"] = "truncate") -> None:
@@ -147,12 +131,16 @@ class SampleEncoder:
         return self.tile_count(ref.size), lambda: self.tiles(ref.load())
 
     def materialize(self, sample: TokenizedSample) -> TokenizedSample | Dropped:
-        """Make a planned sample's pixel_values; they must be the planned number of tiles."""
+        """Make a planned sample's pixel_values; they must be the planned number of tiles.
+
+        An image whose header read but whose pixels do not decode is found here: Dropped with its
+        BadSampleError reason.
+        """
         if not sample.planned or sample.load_pixels is None:
             return sample
         try:
             px = sample.load_pixels()
-        except sh.BadSampleError as err:  # the header read, the pixels do not
+        except shards.BadSampleError as err:  # the header read, the pixels do not
             return Dropped(err.reason, err.detail)
         if int(px.shape[0]) != sample.tiles:
             return Dropped(IMAGE_TOKEN_MISMATCH, f"{int(px.shape[0])} tiles made, {sample.tiles} planned")
@@ -325,7 +313,11 @@ class SampleEncoder:
     def plan(self, meta: dict[str, Any], image: Image.Image | ImageRef | None, fmt: Format = "auto", *,
              text_fields: Sequence[str] = ("recaption", "caption", "text"), prompt: str | None = None,
              source: str = "") -> TokenizedSample | Dropped:
-        """Like `encode`, but the pixels are left to `materialize`: tokens and tile count only."""
+        """Like `encode`, but the pixels are left to `materialize`: tokens and tile count only.
+
+        The tile count needs only the image's size (an ImageRef reads it from the header), so
+        training ranks can pack every sample and decode only the images of their own sequences.
+        """
         if fmt == "auto":
             fmt = "conversation" if "conversations" in meta else "caption"
         if fmt == "conversation":

@@ -1,14 +1,4 @@
-"""Training checkpoints: local files <-> the store's CheckpointLedger (manifest, LATEST, keep k).
-
-A checkpoint directory holds
-    model.safetensors          the weights (safetensors: nothing is unpickled when loading)
-    state.json                 sub-stage, steps, tokens seen, data position (bins consumed), losses
-    optim-rank-<r>.pt          rank r's optimizer state + torch RNG, tensors and plain values only,
-                               read back with torch.load(weights_only=True)
-Rank 0 gathers the ranks' optimizer states and uploads the directory through the ledger (files,
-then manifest.json, then LATEST); a corrupt or partial checkpoint is skipped by the ledger with a
-warning and the previous one is used.
-"""
+"""Training checkpoints: local files <-> the store's CheckpointLedger (manifest, LATEST, keep k)."""
 
 from __future__ import annotations
 
@@ -40,7 +30,7 @@ class TrainState:
     global_step: int = 0  # over all sub-stages (checkpoint numbering)
     tokens: int = 0  # real tokens trained on in this sub-stage
     bins: int = 0  # packed sequences consumed from this sub-stage's stream
-    cursor: dict[str, Any] | None = None  # jobs.binstream state: the data position without a replay
+    cursor: dict[str, Any] | None = None  # jobs.training.binstream state: the data position without a replay
     finished: bool = False  # every sub-stage is done
     losses: list[list[float]] = field(default_factory=list)  # [global_step, loss]
     summaries: list[dict[str, Any]] = field(default_factory=list)  # one per finished sub-stage
@@ -104,7 +94,12 @@ def _set_rng(state: dict[str, torch.Tensor]) -> None:
 
 
 class Checkpointer:
-    """Save and restore this stage's training checkpoints through the store."""
+    """Save and restore this stage's training checkpoints through the store.
+
+    A checkpoint directory holds `model.safetensors` (nothing is unpickled when loading),
+    `state.json` (a TrainState) and `optim-rank-<r>.pt`: rank r's optimizer state and torch RNG,
+    tensors and plain values only, read back with torch.load(weights_only=True).
+    """
 
     def __init__(self, ledger: CheckpointLedger, *, rank: int, world_size: int, keep_latest: int,
                  tmp_root: Path) -> None:
@@ -113,7 +108,10 @@ class Checkpointer:
         self.tmp_root = tmp_root
 
     def save(self, model: torch.nn.Module, optimizer_state: dict[str, Any], state: TrainState) -> None:
-        """All ranks call this; rank 0 writes and uploads, the others hand it their state."""
+        """All ranks call this; rank 0 writes and uploads, the others hand it their state.
+
+        The ledger uploads the files, then manifest.json, then LATEST.
+        """
         mine = {"optim": optimizer_state, "rng": _rng()}
         gathered: list[Any] = [mine]
         if self.world_size > 1:
@@ -133,7 +131,10 @@ class Checkpointer:
             tdist.barrier()
 
     def restore(self, model: torch.nn.Module) -> tuple[TrainState, dict[str, Any] | None] | None:
-        """Load the newest valid checkpoint into model; (state, this rank's optimizer state) or None."""
+        """Load the newest valid checkpoint into model; (state, this rank's optimizer state) or None.
+
+        The ledger skips a corrupt or partial checkpoint with a warning, for the one before it.
+        """
         payload: list[Any] = [None]
         if self.rank == 0:
             tmp = Path(tempfile.mkdtemp(prefix="restore-", dir=self.tmp_root)) / "ckpt"

@@ -1,17 +1,4 @@
-"""Per-sample attention for packed sequences on CPU ("varlen" attention without flash-attn).
-
-With packing, transformers' sdpa path builds a block-diagonal mask and still computes the full
-L x L attention of each packed row; flash-attn's varlen kernels skip the blocks, but there is
-no flash-attn on CPU (and torch's jagged nested tensors have no CPU sdpa kernel). `packed_sdpa`
-cuts the micro batch at its position-id restarts and runs causal sdpa per sample, so attention
-costs sum(n_i^2) instead of L^2, with the same result.
-
-The segment plan (where samples start) is computed once per forward pass and reused by every
-layer: all layers get the same `position_ids` tensor. The per-sample outputs are joined by ONE
-concatenation that lands directly in the (B, L, heads, D) layout the caller needs.
-
-    use_packed_attention(model)   # the text model of a VLM switches to it (call once)
-"""
+"""Per-sample attention for packed sequences on CPU ("varlen" attention without flash-attn)."""
 
 from __future__ import annotations
 
@@ -94,7 +81,15 @@ _CACHE = _PlanCache()
 def packed_sdpa(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attention_mask: torch.Tensor | None, scaling: float | None = None, dropout: float = 0.0,
                 **kwargs: Any) -> tuple[torch.Tensor, None]:
-    """Causal attention per packed sample; query/key/value are (B, heads, L, D); returns (B, L, heads, D)."""
+    """Causal attention per packed sample; query/key/value are (B, heads, L, D); returns (B, L, heads, D).
+
+    With packing, transformers' sdpa path still computes the full L x L attention of each row
+    under a block-diagonal mask; flash-attn's varlen kernels skip the blocks, but there is no
+    flash-attn on CPU (nor a CPU sdpa kernel for jagged nested tensors). Cutting the batch at its
+    position-id restarts costs sum(n_i^2) instead of L^2, with the same result. The plan is made
+    once per forward pass (every layer gets the same `position_ids` tensor), and the outputs are
+    joined by ONE concatenation straight into the caller's layout.
+    """
     if query.shape[2] != key.shape[2] or (attention_mask is not None and attention_mask.dim() != 2):
         # Generation with a cache, or a 4D mask: the regular path handles those.
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling,
@@ -123,7 +118,7 @@ ALL_MASK_ATTENTION_FUNCTIONS.register(NAME, flash_attention_mask)
 
 
 def use_packed_attention(model: torch.nn.Module) -> None:
-    """Switch a VLM's language model (or a plain causal LM) to per-sample packed attention."""
+    """Switch a VLM's language model (or a plain causal LM) to per-sample packed attention (call once)."""
     config = getattr(model, "config", None)
     text = getattr(config, "text_config", None) or config
     if text is not None:

@@ -1,35 +1,5 @@
-"""The built-in sample source (`source: samples`): real images that ship in PyPI packages.
-
-Images: scikit-learn's 1,797 labelled 8x8 handwritten digits (upscaled to `image_size`
-pixels, dark ink on a light background) and scikit-image's bundled photos (astronaut,
-coffee, chelsea the cat, rocket, hubble, coins, ...; downscaled to at most `photo_max_side`).
-Everything is deterministic for a given `seed`, and fast (a few seconds for all sets).
-
-Sets, each written as WebDataset shards under `<outputs[0]>/<set>/shard-NNNNNN.tar`:
-
-- raw (600 digits + every photo, plus a few exact/near duplicates and 12 px thumbnails):
-  alt_text, source, width, height (+ label, kind, alt_quality); the caption stage's input.
-- reference (60 digits + 12 photos): raw's fields + `caption`, a detailed reference
-  description (the stand-in for SAIL-VL's GPT-4o references). The photos are raw's; the digits
-  are NOT in raw, so every raw digit a captioner recaptions is one it never trained on.
-- sft-knowledge (300 digits + the photos): `conversations`, "<image>\\nDescribe the image."
-  -> the detailed description.
-- sft-instruction (1000 digits): `conversations`, "<image>\\nWhich digit is this? Answer
-  with a single digit." -> "7"; about 15% ask odd/even instead ("odd").
-- eval (200 digits): question, answer ("7"), choices ("0".."9"), label.
-- caption-eval (the eval digits): the captioner's held-out check, as evaluate samples:
-  question "Describe this image in detail.", answer the digit, choices "0".."9" with their
-  number words as `choice_aliases`, and the reference `caption`.
-- judge (from the reference digits and photos): SAIL-VL2-style judge training conversations,
-  the filter's judge prompt with a caption -> "richness: R, alignment: A". The reference
-  caption rates 4/5; another image's caption 4/1; a noisy alt-text 1/1; a short true alt-text 2/5.
-- judge-eval (the eval digits): held-out (image, caption) pairs, every other one mismatched
-  (the caption of a digit with another label), with `mismatched` true/false.
-
-Alt-texts are of web quality on purpose: about 60% useful ("handwritten digit 7"), 25%
-noise ("IMG_4821.JPG", "free hd wallpaper download") and 15% wrong (a different digit).
-The eval digits are drawn first from a seeded permutation and appear in no training set.
-"""
+"""The built-in sample source (`source: samples`): scikit-learn's digits and scikit-image's photos,
+made into a deterministic set for every stage of the recipe."""
 
 from __future__ import annotations
 
@@ -42,7 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from jobs.shards import encode_image
+from jobs.core.shards import encode_image
 from sailk8s.stageconfig.filter import DEFAULT_JUDGE_PROMPT
 from sailk8s.stageconfig.ingest import SampleSizes
 
@@ -172,7 +142,10 @@ def _take(pool: list[int], n: int) -> list[int]:
 
 
 def digit_alt_text(index: int, seed: int) -> tuple[str, str]:
-    """(alt_text, quality) for a digit: useful, noisy or wrong, deterministic per index."""
+    """(alt_text, quality) for a digit, of web quality on purpose, deterministic per index.
+
+    About 60% useful ("handwritten digit 7"), 25% noise ("IMG_4821.JPG") and 15% wrong (another digit).
+    """
     rng = random.Random(f"{seed}-alt-{index}")
     label = digit_label(index)
     r = rng.random()
@@ -218,7 +191,8 @@ def _raw_photo_items(sizes: SampleSizes) -> list[Item]:
 
 
 def raw_items(sizes: SampleSizes) -> list[Item]:
-    """The `raw` set: digits and photos with web-quality alt-texts, some duplicates, thumbnails."""
+    """The `raw` set, the caption stage's input: digits and photos with web-quality alt-texts, some
+    exact and near duplicates, 12 px thumbnails; alt_text, source, width, height, label, kind."""
     _, pool = _split(sizes)
     items: list[Item] = []
     for idx in _take(pool, sizes.raw_digits):
@@ -250,7 +224,11 @@ def reference_digits(sizes: SampleSizes) -> list[int]:
 
 
 def reference_items(sizes: SampleSizes) -> list[Item]:
-    """The `reference` set: digits not in raw and raw's first photos, with detailed `caption`s."""
+    """The `reference` set: digits not in raw and raw's first photos, with detailed `caption`s.
+
+    The stand-in for SAIL-VL's GPT-4o references. Its digits are not raw's, so every raw digit a
+    captioner recaptions is one it never trained on.
+    """
     items = []
     for idx in reference_digits(sizes):
         alt, quality = digit_alt_text(idx, sizes.seed)
@@ -301,7 +279,7 @@ def sft_instruction_items(sizes: SampleSizes) -> list[Item]:
 
 
 def eval_items(sizes: SampleSizes) -> list[Item]:
-    """Held-out digit QA; these digits appear in no other set."""
+    """Held-out digit QA (question, answer, choices "0".."9"); these digits appear in no training set."""
     held, _ = _split(sizes)
     return [_digit_item(f"digit-{idx:04d}", idx, sizes,
                         {"question": DIGIT_QUESTION, "answer": str(digit_label(idx)),
@@ -310,7 +288,10 @@ def eval_items(sizes: SampleSizes) -> list[Item]:
 
 
 def caption_eval_items(sizes: SampleSizes) -> list[Item]:
-    """The captioner's held-out check: describe an eval digit; the answer is the digit it must name."""
+    """The captioner's held-out check: describe an eval digit; the answer is the digit it must name.
+
+    The choices carry their number words as `choice_aliases` ("7" is also "seven").
+    """
     held, _ = _split(sizes)
     aliases = {str(d): [NUMBER_WORDS[d]] for d in range(10)}
     return [_digit_item(f"digit-{idx:04d}", idx, sizes,
@@ -341,7 +322,11 @@ def _other_label(indices: list[int], at: int) -> int:
 
 
 def judge_items(sizes: SampleSizes) -> list[Item]:
-    """Judge training pairs from the reference digits and photos (see the module docstring)."""
+    """SAIL-VL2-style judge conversations from the reference digits and photos.
+
+    The filter's judge prompt with a caption -> "richness: R, alignment: A": the image's reference
+    caption rates 4/5, another image's 4/1, a noisy alt-text 1/1, a short true alt-text 2/5.
+    """
     digits = reference_digits(sizes)
     items: list[Item] = []
     for n, idx in enumerate(digits):
@@ -381,6 +366,7 @@ def judge_eval_items(sizes: SampleSizes) -> list[Item]:
     return items
 
 
+# Each set is written as WebDataset shards under `<outputs[0]>/<set>/`.
 BUILDERS = {"raw": raw_items, "reference": reference_items, "sft-knowledge": sft_knowledge_items,
             "sft-instruction": sft_instruction_items, "eval": eval_items,
             "caption-eval": caption_eval_items, "judge": judge_items, "judge-eval": judge_eval_items}

@@ -1,13 +1,4 @@
-"""Per-token loss weights: uniform, or IDF over a sub-stage's targets, so content tokens count more.
-
-A captioner trained on reference captions sees a template ("A handwritten digit 7 (seven)
-written in ...") whose every token but one or two is the same in all samples. With a uniform
-loss the image-dependent token is ~1/30 of the signal and a small model learns the template
-first, then (slowly, if at all) the image. IDF weighting gives each target token id the weight
-`1 + strength * ln((N + 1) / (df + 1))` where df counts the samples (of N planned from the
-sub-stage's own mix) whose targets hold it: a token in every caption keeps weight ~1, a token in
-one caption of ten gets ~1 + 2.3 * strength. The loss is then sum(w * ce) / sum(w).
-"""
+"""Per-token loss weights: uniform, or IDF over a sub-stage's targets, so content tokens count more."""
 
 from __future__ import annotations
 
@@ -18,7 +9,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from jobs.packing import IGNORE, TokenizedSample
+from jobs.training.packing import IGNORE, TokenizedSample
 
 
 class LossWeights:
@@ -33,7 +24,14 @@ class LossWeights:
 
     @classmethod
     def idf(cls, samples: Iterable[TokenizedSample], vocab_size: int, strength: float) -> LossWeights:
-        """IDF weights from the target token ids of `samples` (document frequency per sample)."""
+        """IDF weights from the target token ids of `samples` (document frequency per sample).
+
+        Token id t weighs `1 + strength * ln((N + 1) / (df + 1))`, df counting the N samples whose
+        targets hold it: ~1 for a token in every caption, ~1 + 2.3 * strength in one of ten. Why:
+        reference captions are a template in which only a token or two depends on the image; with
+        a uniform loss that token is ~1/30 of the signal and a small model learns the template first.
+        The loss is then sum(w * ce) / sum(w).
+        """
         df: Counter[int] = Counter()
         n = 0
         for s in samples:

@@ -1,32 +1,5 @@
-"""WebDataset tar shards: safe reading, deterministic writing, guarded image decoding.
-
-A shard is a tar of samples; members sharing a key form one sample (`<key>.jpg|png` +
-`<key>.json`, as img2dataset and webdataset write them: the key is the member name up to
-the first dot of its last path segment).
-
-Reading (`read_shard`) uses tarfile directly because it must survive hostile input: a bad
-sample is yielded as a `BadSample` with a named reason and the rest of the shard still
-comes through. Reasons (constants below):
-
-    unsafe_member_name   absolute member name or one with a '..' segment (never extracted)
-    missing_json         no `<key>.json`            bad_json        json that does not parse
-    json_not_utf8        json bytes are not UTF-8   json_not_object json is not an object
-    missing_fields       a required json field is missing or empty
-    missing_image        no `<key>.jpg|jpeg|png|webp`
-    duplicate_key        a key seen earlier in the same shard (the first one wins)
-    member_too_large     a member over MAX_MEMBER_BYTES (skipped without reading it)
-    truncated_shard      the tar ends mid-member: samples after the cut are lost (one count)
-    empty_shard          a zero-byte or member-less tar (shard-level, no samples)
-
-Decoding (`decode_image`) checks the header's dimensions before decoding pixels:
-
-    empty_image          zero-byte image            not_an_image   not a decodable image
-    truncated_image      the image data ends early  decompression_bomb  width*height too large
-    image_too_small / bad_aspect_ratio are the filter stage's, not decoding's.
-
-Writing (`ShardWriter`) produces byte-identical tars for identical samples (fixed mtime,
-owner and mode; members in write order), so a rerun of a killed stage yields the same sha256.
-"""
+"""WebDataset tar shards (`<key>.jpg|png` + `<key>.json`): safe reading, deterministic writing,
+guarded image decoding."""
 
 from __future__ import annotations
 
@@ -45,21 +18,23 @@ from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
-UNSAFE_MEMBER_NAME = "unsafe_member_name"
+# Why a sample is dropped while reading (image_too_small / bad_aspect_ratio are the filter stage's).
+UNSAFE_MEMBER_NAME = "unsafe_member_name"  # absolute or with a '..' segment: never extracted
 MISSING_JSON = "missing_json"
 BAD_JSON = "bad_json"
 JSON_NOT_UTF8 = "json_not_utf8"
 JSON_NOT_OBJECT = "json_not_object"
-MISSING_FIELDS = "missing_fields"
-MISSING_IMAGE = "missing_image"
-TRUNCATED_SHARD = "truncated_shard"
-EMPTY_SHARD = "empty_shard"
+MISSING_FIELDS = "missing_fields"  # a required json field is missing or empty
+MISSING_IMAGE = "missing_image"  # no <key>.jpg|jpeg|png|webp
+TRUNCATED_SHARD = "truncated_shard"  # the tar ends mid-member: one count for the samples lost
+EMPTY_SHARD = "empty_shard"  # a zero-byte or member-less tar (shard-level, no samples)
+DUPLICATE_KEY = "duplicate_key"  # a key seen earlier in the same shard: the first one wins
+MEMBER_TOO_LARGE = "member_too_large"  # over MAX_MEMBER_BYTES: skipped without reading it
+# ... and while decoding an image.
 EMPTY_IMAGE = "empty_image"
 NOT_AN_IMAGE = "not_an_image"
 TRUNCATED_IMAGE = "truncated_image"
-DECOMPRESSION_BOMB = "decompression_bomb"
-DUPLICATE_KEY = "duplicate_key"
-MEMBER_TOO_LARGE = "member_too_large"
+DECOMPRESSION_BOMB = "decompression_bomb"  # width * height over the cap, read from the header
 
 # A single member above this is not a sample anyone meant to write (and would exhaust memory).
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
@@ -155,9 +130,11 @@ def read_shard(source: str | Path | IO[bytes], *, required: Sequence[str] = (),
                need_image: bool = True) -> Iterator[Sample | BadSample]:
     """Yield every sample of a tar shard in member order; bad ones as BadSample.
 
-    Never raises for bad content: a tar that stops mid-way yields what came before it
-    plus one `truncated_shard`; a zero-byte or member-less tar yields one `empty_shard`
-    (key '').
+    Members sharing a key form one sample, the key being the member name up to the first dot of
+    its last path segment (as img2dataset and webdataset write them). tarfile is used directly
+    because hostile input must not stop the shard: never raises for bad content; a tar that stops
+    mid-way yields what came before it plus one `truncated_shard`; a zero-byte or member-less tar
+    yields one `empty_shard` (key '').
     """
     fileobj: IO[bytes]
     if isinstance(source, (str, Path)):
@@ -311,7 +288,10 @@ def encode_image(img: Image.Image, fmt: str = "png", quality: int = 90) -> bytes
 
 
 class ShardWriter:
-    """Write samples to one local tar deterministically (fixed metadata, write order)."""
+    """Write samples to one local tar deterministically (fixed metadata, write order).
+
+    Identical samples give byte-identical tars, so a rerun of a killed stage yields the same sha256.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)

@@ -1,15 +1,4 @@
-"""A sub-stage's planned training sequences, with a data position that resumes without a replay.
-
-    bins = BinStream(stream, plan, StreamPacker(seq_len))   # or packer=None: one sample per row
-    next(bins) -> Bin
-    state = bins.state()        # JSON: the mix position + the samples the packer still holds
-    BinStream(...).restore(state)
-
-The packer holds a window of open sequences, plus closed ones not handed out yet. Their samples
-are saved by address (mix entry, shard key, sample key) next to the mix position, so a resume
-reads the shards behind those few samples and one shard per source: the same cost after ten
-steps or ten million, where replaying the stream from its start grows with the position.
-"""
+"""A sub-stage's planned training sequences, with a data position that resumes without a replay."""
 
 from __future__ import annotations
 
@@ -17,13 +6,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from jobs import shards as sh
-from jobs.mixstream import MixStream
-from jobs.packing import Bin, StreamPacker, TokenizedSample
-from jobs.runtime import InputError
+from jobs.core.shards import Sample
+from jobs.training.mixstream import MixStream
+from jobs.training.packing import Bin, StreamPacker, TokenizedSample
+from sailk8s.errors import InputError
 
 # (entry index, sample) -> a planned sample, or None when it is dropped (counted by the planner).
-Planner = Callable[[int, sh.Sample], TokenizedSample | None]
+Planner = Callable[[int, Sample], TokenizedSample | None]
 
 
 class BinStream:
@@ -32,7 +21,7 @@ class BinStream:
     def __init__(self, stream: MixStream, plan: Planner, packer: StreamPacker | None) -> None:
         self.stream, self.plan, self.packer = stream, plan, packer
         self.pending: deque[Bin] = deque()  # closed, not handed out yet
-        self._samples: Iterator[tuple[int, sh.Sample]] | None = None
+        self._samples: Iterator[tuple[int, Sample]] | None = None
         self.shards_read_on_restore = 0
 
     def __iter__(self) -> BinStream:
@@ -52,7 +41,7 @@ class BinStream:
                 self.pending.extend(self.packer.add(enc))
         return self.pending.popleft()
 
-    def _planned(self, idx: int, sample: sh.Sample) -> TokenizedSample | None:
+    def _planned(self, idx: int, sample: Sample) -> TokenizedSample | None:
         enc = self.plan(idx, sample)
         if enc is not None:
             enc.origin = (idx, sample.shard, sample.key)
@@ -60,7 +49,13 @@ class BinStream:
 
     # -- position ---------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Where the stream stands, as plain JSON."""
+        """Where the stream stands, as plain JSON: the mix position and the samples the packer holds.
+
+        The packer holds a window of open sequences, plus closed ones not handed out yet; their
+        samples are saved by address (mix entry, shard key, sample key), so a resume reads the
+        shards behind those few samples and one shard per source: the same cost after ten steps
+        or ten million, where replaying the stream from its start grows with the position.
+        """
         def addresses(bins: Any) -> list[list[list[Any]]]:
             return [[list(s.origin) for s in b.items] for b in bins]
 
@@ -78,7 +73,7 @@ class BinStream:
         self.stream.restore(state["stream"])
         saved = [b for group in ("open", "pending") for b in state[group]]
         wanted = {(int(i), str(shard)) for b in saved for i, shard, _ in b}
-        found: dict[tuple[int, str], dict[str, sh.Sample]] = {
+        found: dict[tuple[int, str], dict[str, Sample]] = {
             (i, shard): self.stream.readers[i].fetch(shard) for i, shard in sorted(wanted)}
         self.shards_read_on_restore = len(found)
 

@@ -1,16 +1,4 @@
-"""Offline tokenizer for InternVL-family models: a byte-level BPE trained on a built-in corpus.
-
-No hub is reachable on our machines, so the `tiny` preset (and `sail-vl-2b` without `llm_from`)
-uses a tokenizer trained here with the `tokenizers` library on a fixed corpus: the same corpus
-and settings give the same vocabulary on every machine. Byte-level BPE encodes any text, so the
-corpus only decides how compact the encoding is. The result is a `PreTrainedTokenizerFast` with
-Qwen-style chat tokens, InternVL's image special tokens and a chat template whose image parts
-render as the image placeholder that `InternVLProcessor` expands.
-
-    build_tokenizer(vocab_size=1024) -> PreTrainedTokenizerFast
-    add_internvl_tokens(tokenizer) -> the same tokenizer with the image tokens and template
-    CHAT_TEMPLATE, IMAGE_TOKENS, SPECIAL_TOKENS
-"""
+"""Offline tokenizer for InternVL-family models: a byte-level BPE trained on a built-in corpus."""
 
 from __future__ import annotations
 
@@ -117,7 +105,13 @@ def add_internvl_tokens(tokenizer: PreTrainedTokenizerFast) -> PreTrainedTokeniz
 
 
 def build_tokenizer(vocab_size: int = 1024) -> PreTrainedTokenizerFast:
-    """A fresh offline tokenizer: same vocabulary for the same vocab_size, on every machine."""
+    """A fresh offline tokenizer: same vocabulary for the same vocab_size, on every machine.
+
+    No hub is reachable on our machines, so the `tiny` preset (and `sail-vl-2b` without `llm_from`)
+    uses this one. Byte-level BPE encodes any text: the corpus only decides how compact it is.
+    It has Qwen-style chat tokens, InternVL's image tokens and a chat template whose image parts
+    render as the placeholder that `InternVLProcessor` expands.
+    """
     fast = PreTrainedTokenizerFast(
         tokenizer_object=_train_bpe(vocab_size),
         eos_token=IM_END,

@@ -1,0 +1,1 @@
+"""What every stage shares: WebDataset shards, the kill-safe shard loop, the built-in samples."""

@@ -1,0 +1,1 @@
+"""Training: the data mix, sample encoding, packing, the loop, its engine and checkpoints."""

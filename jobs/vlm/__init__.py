@@ -1,0 +1,1 @@
+"""The InternVL-family VLM: building, loading, inference, its tokenizer and pretrained weights."""
