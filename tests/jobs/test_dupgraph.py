@@ -10,7 +10,8 @@ import pytest
 from jobs.filters import dupgraph as dg
 
 
-def corpus(n: int, nbytes: int, max_distance: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def corpus(n: int, nbytes: int, max_distance: int,
+           seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(gids, contents, phashes) with planted exact copies, near copies and chains of near copies."""
     rng = random.Random(seed)
     gids, contents, hashes = [], [], []

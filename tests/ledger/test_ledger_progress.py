@@ -11,7 +11,7 @@ from sailk8s.errors import StoreUnavailable
 from sailk8s.ledger import ProgressReporter, StageResults
 
 
-def Progress(store: Any, run: str, stage: str, **kw: Any) -> ProgressReporter:  # noqa: N802 - reads as before
+def Progress(store: Any, run: str, stage: str, **kw: Any) -> ProgressReporter:
     return ProgressReporter(StageResults(store, run, stage), **kw)
 
 
