@@ -20,9 +20,8 @@ from jobs.core.shardio import ShardInput, ShardOutput, ShardStats, WorkUnit, lis
 from jobs.core.shards import DEFAULT_MAX_PIXELS, ShardWriter, file_sha256
 from sailk8s import exitcodes
 from sailk8s.envcontract import StageContext
-from sailk8s.errors import ConfigError, InputError, ObjectNotFound, StoreError
-from sailk8s.ledger.paths import StagePaths
-from sailk8s.ledger.shards import ShardLedger
+from sailk8s.errors import ConfigError, InputError
+from sailk8s.ledger import ProgressReporter, StageResults
 from sailk8s.store import open_store
 from sailk8s.store.base import ObjectStore
 
@@ -55,14 +54,14 @@ class StageRun:
     def __init__(self, ctx: StageContext, config: BaseModel, store: ObjectStore, dist: DistInfo,
                  *, progress_seconds: float = 5.0, wait_timeout: float = 6 * 3600.0) -> None:
         self.ctx, self.config, self.store, self.dist = ctx, config, store, dist
-        self.paths = StagePaths(ctx.run, ctx.stage)
-        self.ledger = ShardLedger(store, ctx.run, ctx.stage)
-        self.progress_seconds = progress_seconds
+        self.results = StageResults(store, ctx.run, ctx.stage)
+        self.paths, self.ledger = self.results.paths, self.results.shards
+        self.progress = ProgressReporter(self.results, rank=dist.rank, attempt=ctx.attempt,
+                                         min_interval_s=progress_seconds)
         self.wait_timeout = wait_timeout
         self.log = log.bind(run=ctx.run, stage=ctx.stage, rank=dist.rank, attempt=ctx.attempt)
         self._done_items = 0
         self._total_items = 0
-        self._last_progress = 0.0
         self._started = time.monotonic()
         self.shard_summaries: list[dict[str, Any]] = []  # per shard, filled by build_report
 
@@ -193,37 +192,8 @@ class StageRun:
         self._write_progress(force=False)
 
     def _write_progress(self, force: bool) -> None:
-        """At most every progress_seconds (unless forced): this rank's progress; rank 0 also sums all."""
-        now = time.monotonic()
-        if not force and now - self._last_progress < self.progress_seconds:
-            return
-        self._last_progress = now
-        elapsed = max(now - self._started, 1e-6)
-        doc = {"rank": self.dist.rank, "done": self._done_items, "total": self._total_items,
-               "unit": "shards", "rate": round(self._done_items / elapsed, 4),
-               "updated_at": time.time()}
-        try:
-            self.store.put(self.paths.rank_progress(self.dist.rank), json.dumps(doc).encode())
-            if self.dist.is_main:
-                self._aggregate_progress()
-        except StoreError as err:  # progress is advisory: never fail a shard for it
-            self.log.warning("progress not written", error=str(err))
-
-    def _aggregate_progress(self) -> None:
-        done = total = 0
-        rate = 0.0
-        for key in self.store.list(self.paths.progress_prefix):
-            try:
-                doc = json.loads(self.store.get(key))
-            except (ObjectNotFound, ValueError):
-                continue
-            done += int(doc.get("done", 0))
-            total += int(doc.get("total", 0))
-            rate += float(doc.get("rate", 0.0))
-        eta = (total - done) / rate if rate > 0 else None
-        agg = {"done": done, "total": total, "unit": "shards", "rate": round(rate, 4),
-               "eta_seconds": None if eta is None else round(eta, 1), "updated_at": time.time()}
-        self.store.put(self.paths.progress, json.dumps(agg).encode())
+        """This rank's shards done/total (throttled unless forced); rank 0's also sums all ranks."""
+        self.progress.update(self._done_items, self._total_items, force=force)
 
     def _wait_all(self, units: list[WorkUnit]) -> None:
         """Rank 0 waits (polling the ledger) until every rank's shards are done."""
@@ -272,9 +242,7 @@ class StageRun:
 
     def write_report(self, report: dict[str, Any]) -> None:
         """report.json for this attempt and at the stage level."""
-        data = json.dumps(report, indent=2, sort_keys=True).encode()
-        self.store.put(self.paths.attempt_report(self.ctx.attempt), data)
-        self.store.put(self.paths.report, data)
+        self.results.write_report(self.ctx.attempt, report)
         self.log.info("report", samples_in=report["samples_in"], samples_out=report["samples_out"],
                       dropped=report["dropped"])
 
