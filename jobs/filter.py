@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import io
-import json
-import tempfile
-import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import structlog
 
 from jobs.core.runtime import StageRun, main
-from jobs.core.shardio import ShardInput, ShardOutput, ShardStats, WorkUnit, list_input_shards, local_tmp_root
+from jobs.core.shardio import ShardInput, ShardOutput, list_input_shards
 from jobs.core.shards import BadSample, Sample, read_shard
-from jobs.filters import dedup
 from jobs.filters.basic import Candidate, pick_text
 from jobs.filters.chain import Chain, Scorer
+from jobs.filters.deduppass import Duplicates, run_dedup
 from jobs.filters.funnel import build_funnel, funnel_png
 from jobs.vlm.modelref import resolve_model_ref
 from sailk8s.errors import InputError
@@ -26,73 +22,8 @@ from sailk8s.stageconfig.filter import AlignmentFilter, Config, JudgeFilter
 log = structlog.get_logger(__name__)
 
 
-# ---------------------------------------------------------------------------- dedup pass
-def index_shard(stage: StageRun, chain: Chain, unit: WorkUnit) -> list[dedup.IndexEntry]:
-    """Hash the survivors of the pre-dedup filters in one input shard."""
-    entries: list[dedup.IndexEntry] = []
-    assert unit.input_key is not None
-    with tempfile.TemporaryDirectory(prefix="sail-index-", dir=local_tmp_root()) as tmp:
-        local = Path(tmp) / "input.tar"
-        stage.store.get_file(unit.input_key, local)
-        shard = ShardInput(unit, local, ShardStats(), lambda: None, need_image=False)
-        for sample in shard:
-            cand = chain.candidate(sample)
-            if chain.pre_dedup(cand) or chain.image_reason(cand):
-                continue
-            assert cand.image is not None
-            entries.append(dedup.IndexEntry(unit.shard_id, sample.key, dedup.content_hash(cand.image),
-                                         dedup.perceptual_hash(cand.image)))
-    return entries
-
-
-def build_dedup_decision(stage: StageRun, chain: Chain, units: list[WorkUnit]) -> dict[tuple[str, str], str]:
-    """Index own shards, wait for (or take over) the others, then decide globally.
-
-    The first of the stage's two passes: each rank hashes the survivors of the filters before
-    dedup in its own shards into a per-shard index (`runs/<run>/<stage>/dedup/<config hash>/`),
-    then waits for the other ranks' indexes, indexing a missing one itself when nothing new has
-    appeared for `steal_after_seconds` (a dead rank cannot block it). The keep-first decision
-    is a pure function of all indexes, so the main pass drops the same samples at any world size.
-    """
-    cfg = chain.dedup_cfg
-    assert cfg is not None
-    prefix = stage.stage_key("dedup", chain.fingerprint()) + "/"
-
-    def key(u: WorkUnit) -> str:
-        return f"{prefix}{u.shard_id}.json"
-
-    def build(u: WorkUnit) -> None:
-        entries = index_shard(stage, chain, u)
-        stage.store.put(key(u), json.dumps(dedup.index_doc(entries)).encode())
-
-    present = set(stage.store.list(prefix))
-    for u in stage.my_units(units):
-        if key(u) not in present:
-            build(u)
-    missing = [u for u in units if key(u) not in present and u not in stage.my_units(units)]
-    last_change = time.monotonic()
-    while missing:
-        present = set(stage.store.list(prefix))
-        still = [u for u in missing if key(u) not in present]
-        if len(still) < len(missing):
-            last_change = time.monotonic()
-        missing = still
-        if missing and time.monotonic() - last_change > cfg.steal_after_seconds:
-            victim = missing[stage.dist.rank % len(missing)]
-            stage.log.warning("indexing another rank's shard", shard=victim.shard_id)
-            build(victim)
-            last_change = time.monotonic()
-        elif missing:
-            time.sleep(0.3)
-    entries = [e for u in units for e in dedup.parse_index(u.shard_id, json.loads(stage.store.get(key(u))))]
-    decision = dedup.decide(entries, exact=cfg.exact, near=cfg.near, max_distance=cfg.max_distance)
-    stage.log.info("dedup decision", indexed=len(entries), duplicates=len(decision))
-    return decision
-
-
 # ---------------------------------------------------------------------------- stage
-def make_processor(chain: Chain,
-                   duplicates: dict[tuple[str, str], str]) -> Callable[[ShardInput, ShardOutput], None]:
+def make_processor(chain: Chain, duplicates: Duplicates | None) -> Callable[[ShardInput, ShardOutput], None]:
     """The per-shard function for StageRun.run_map.
 
     Kept samples are written unchanged (same image bytes), their model scores added under `scores`.
@@ -100,7 +31,8 @@ def make_processor(chain: Chain,
 
     def process(shard: ShardInput, out: ShardOutput) -> None:
         cands = [chain.candidate(s) for s in shard]
-        reasons = chain.run(shard.shard_id, cands, duplicates)
+        mine = duplicates.of(shard.shard_id, [c.sample.key for c in cands]) if duplicates is not None else {}
+        reasons = chain.run(shard.shard_id, cands, mine)
         for cand, reason in zip(cands, reasons, strict=True):
             if reason is not None:
                 out.drop(cand.sample, reason)
@@ -194,7 +126,7 @@ def run(scorer_factory: Callable[[Any], Scorer] | None = None) -> None:
     cfg = resolve_models(stage, stage.typed(Config))
     chain = Chain(cfg, scorer_factory)
     units = stage.input_units()
-    duplicates = build_dedup_decision(stage, chain, units) if chain.dedup_cfg else {}
+    duplicates = run_dedup(stage, chain, units) if chain.dedup_cfg else None
     stage.run_map(make_processor(chain, duplicates), need_image=False, max_pixels=cfg.max_pixels,
                   finalize=lambda report: finalize_report(stage, chain, report))
 

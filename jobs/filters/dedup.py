@@ -1,87 +1,59 @@
-"""Exact and near-duplicate removal across ALL shards, with the same survivors at any world size:
-per-shard indexes of content and perceptual hashes, and one pure keep-first decision."""
+"""Exact and near-duplicate removal across all shards, partitioned over the stage's ranks."""
 
 from __future__ import annotations
 
 import hashlib
-from collections import defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 
 import imagehash
+import numpy as np
 from PIL import Image
+
+from jobs.filters import dupgraph
 
 EXACT_DUPLICATE = "exact_duplicate"
 NEAR_DUPLICATE = "near_duplicate"
+REASONS = {dupgraph.EXACT: EXACT_DUPLICATE, dupgraph.NEAR: NEAR_DUPLICATE}
 
 
-@dataclass(frozen=True, order=True)
-class IndexEntry:
-    """One indexed sample: (shard, key) order is the keep-first order."""
-
-    shard: str
-    key: str
-    content: str  # sha256 hex of the decoded pixels
-    phash: int  # 64-bit perceptual hash
-
-
-def content_hash(img: Image.Image) -> str:
+def content_hash(img: Image.Image) -> bytes:
     """sha256 of mode, size and pixels: re-encodes of the same pixels collide."""
     h = hashlib.sha256(f"{img.mode}:{img.width}x{img.height}:".encode())
     h.update(img.tobytes())
-    return h.hexdigest()
+    return h.digest()
 
 
-def perceptual_hash(img: Image.Image) -> int:
-    """imagehash's 64-bit DCT pHash as an int."""
-    return int(str(imagehash.phash(img, hash_size=8)), 16)
+def perceptual_hash(img: Image.Image, hash_size: int = 8) -> bytes:
+    """imagehash's DCT pHash (hash_size**2 bits) as bytes."""
+    return bytes.fromhex(str(imagehash.phash(img, hash_size=hash_size)))
 
 
-def _bands(value: int, n: int) -> list[tuple[int, int]]:
-    """(band index, band bits) for n bands covering 64 bits."""
-    out = []
-    start = 0
-    for i in range(n):
-        width = 64 // n + (1 if i < 64 % n else 0)
-        out.append((i, (value >> start) & ((1 << width) - 1)))
-        start += width
-    return out
-
-
-def decide(entries: Iterable[IndexEntry], *, exact: bool = True, near: bool = True,
+def decide(entries: Sequence[tuple[str, str, bytes, bytes]], *, exact: bool = True, near: bool = True,
            max_distance: int = 4) -> dict[tuple[str, str], str]:
-    """(shard, key) -> reason for every duplicate to drop; the first of each group is kept.
+    """(shard, key) -> reason for every duplicate among (shard, key, content hash, pHash) entries.
 
-    Walks the entries in (shard id, key) order: a sample is an exact duplicate when an earlier kept
-    one has its content hash, a near duplicate when an earlier kept one's pHash is within
-    `max_distance` bits. Candidates come from the pigeonhole trick: with the 64 bits split into
-    max_distance+1 bands, two hashes within the distance agree exactly on at least one band.
+    The whole decision in memory (tests, small corpora): the stage runs the same steps
+    partitioned over its ranks (jobs.filters.dedupstore). Each connected component of exact
+    and near edges keeps its smallest (shard, key).
     """
-    dropped: dict[tuple[str, str], str] = {}
-    seen_content: set[str] = set()
-    n_bands = max_distance + 1
-    buckets: dict[tuple[int, int], list[int]] = defaultdict(list)
-    for e in sorted(entries):
-        if exact and e.content in seen_content:
-            dropped[(e.shard, e.key)] = EXACT_DUPLICATE
-            continue
-        bands = _bands(e.phash, n_bands)
-        if near:
-            candidates = {h for b in bands for h in buckets.get(b, ())}
-            if any(bin(e.phash ^ h).count("1") <= max_distance for h in candidates):
-                dropped[(e.shard, e.key)] = NEAR_DUPLICATE
-                continue
-            for b in bands:
-                buckets[b].append(e.phash)
-        seen_content.add(e.content)
-    return dropped
-
-
-def index_doc(entries: Sequence[IndexEntry]) -> dict[str, list[list[str]]]:
-    """A shard's index as JSON: [[key, content, phash hex], ...]."""
-    return {"entries": [[e.key, e.content, f"{e.phash:016x}"] for e in entries]}
-
-
-def parse_index(shard: str, doc: dict[str, list[list[str]]]) -> list[IndexEntry]:
-    """Inverse of index_doc."""
-    return [IndexEntry(shard, key, content, int(ph, 16)) for key, content, ph in doc["entries"]]
+    if not entries:
+        return {}
+    ordered = sorted(entries)
+    shard_rank = {s: i for i, s in enumerate(sorted({e[0] for e in ordered}))}
+    seen: dict[str, int] = {}
+    ranks = []
+    for s, _, _, _ in ordered:  # ordered by (shard, key): ranks count up within each shard
+        ranks.append(seen.get(s, 0))
+        seen[s] = ranks[-1] + 1
+    gids = dupgraph.gid(np.array([shard_rank[s] for s, _, _, _ in ordered]), np.array(ranks))
+    contents = dupgraph.content_words([c for _, _, c, _ in ordered]) if exact else None
+    phashes = dupgraph.phash_bytes([p for _, _, _, p in ordered]) if near else None
+    nbytes = len(ordered[0][3])
+    records = dupgraph.Records.concat(
+        list(dupgraph.partitioned(gids, contents, phashes, max_distance, 1).values()), nbytes)
+    edges = [np.empty((0, 3), np.uint64)]
+    edges += [dupgraph.exact_edges(records)] if exact else []
+    edges += [dupgraph.near_edges(records, max_distance)] if near else []
+    dropped, reasons = dupgraph.resolve(np.concatenate(edges))
+    where = {int(g): (s, k) for g, (s, k, _, _) in zip(gids, ordered, strict=True)}
+    return {where[int(g)]: REASONS[int(r)] for g, r in zip(dropped, reasons, strict=True)}

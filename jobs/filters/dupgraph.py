@@ -154,9 +154,14 @@ def near_edges(r: Records, max_distance: int) -> np.ndarray:
     """(K, 3) uint64 edges (a, b, NEAR) between records of one bucket within max_distance bits."""
     if len(r.near_gid) < 2:
         return np.empty((0, 3), dtype=np.uint64)
-    order = np.lexsort((r.near_gid, r.band))
+    order = np.lexsort((r.near_gid, *r.phash.T[::-1], r.band))
     band, g, ph = r.band[order], r.near_gid[order], r.phash[order]
-    found = []
+    # Records with the very same hash (e.g. thousands of blank images) are chained to their
+    # bucket's first copy and leave the pairwise search: it stays linear in a crowded bucket.
+    same = np.concatenate(([False], (band[1:] == band[:-1]) & np.all(ph[1:] == ph[:-1], axis=1)))
+    head = np.maximum.accumulate(np.where(~same, np.arange(len(g)), 0))
+    found = [np.stack([g[same], g[head[same]]], axis=1)]
+    band, g, ph = band[~same], g[~same], ph[~same]
     k = 1
     while k < len(g):
         same = band[k:] == band[:-k]  # records k apart in sort order share a bucket
@@ -168,7 +173,7 @@ def near_edges(r: Records, max_distance: int) -> np.ndarray:
         close = (dist <= max_distance) & (g[a] != g[b])
         found.append(np.stack([g[b[close]], g[a[close]]], axis=1))
         k += 1
-    pairs = np.concatenate(found) if found else np.empty((0, 2), np.uint64)
+    pairs = np.concatenate(found)
     pairs = np.unique(np.sort(pairs, axis=1), axis=0)  # a pair met in several bands counts once
     return np.concatenate([pairs, np.full((len(pairs), 1), NEAR, np.uint64)], axis=1).astype(np.uint64)
 

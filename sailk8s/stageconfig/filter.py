@@ -56,14 +56,34 @@ class CaptionFilter(_Strict):
 
 
 class DedupFilter(_Strict):
-    """Exact (pixel content hash) and near (perceptual hash) duplicates across ALL shards."""
+    """Exact (pixel content hash) and near (perceptual hash) duplicates across ALL shards.
+
+    Each group of duplicates (the connected components of "same pixels" and "pHashes within
+    max_distance bits") keeps its first sample in (shard, key) order. Near duplicates are found
+    through max_distance+1 pigeonhole bands of the hash's bytes; a band of b bytes puts about
+    N / 256**b random hashes in each bucket, so the cost stays linear while b is large enough
+    for N: hash_size 8 (64-bit) fits max_distance <= 7 and, at 10^8 images, <= 1 (4-byte
+    bands); hash_size 16 (256-bit) fits <= 31 and, at 10^8 images, <= 7.
+    """
 
     type: Literal["dedup"]
     exact: bool = True
     near: bool = True
-    max_distance: int = Field(default=4, ge=0, le=16)  # Hamming distance of 64-bit pHashes
-    # Seconds with no new index from other ranks before a rank indexes their shards itself.
+    max_distance: int = Field(default=4, ge=0, le=31)  # Hamming distance of the pHashes
+    hash_size: Literal[8, 16] = 8  # pHash side: 8 -> 64 bits, 16 -> 256 bits
+    # Index and decision work is split into this many partitions (by content and band bucket),
+    # decided by rank r for partitions r, r + W, ...: memory per rank ~ N / min(P, W).
+    partitions: int = Field(default=32, ge=1, le=65536)
+    # Seconds with no unit finished by any rank before a rank does a missing one itself.
     steal_after_seconds: float = Field(default=60.0, ge=0)
+
+    @model_validator(mode="after")
+    def _bands_fit(self) -> DedupFilter:
+        if self.near and self.max_distance + 1 > self.hash_size**2 // 8:
+            raise ValueError(f"max_distance {self.max_distance} needs {self.max_distance + 1} bands but a "
+                             f"{self.hash_size**2}-bit pHash has {self.hash_size**2 // 8} bytes: "
+                             f"use hash_size 16 or a smaller max_distance")
+        return self
 
 
 class _ModelFilter(_Strict):

@@ -13,6 +13,8 @@ from typing import Any
 
 from PIL import Image
 
+from jobs.core import shards as sh
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -65,3 +67,54 @@ def raw_tar(path: Path, members: list[tuple[str, bytes]]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
+
+
+# ---------------------------------------------------------------------------- filter stage runs
+CAPTION = "a small square image with a bold pattern of dark and light blocks"
+FILTERS = [{"type": "image", "min_side": 32}, {"type": "caption", "min_words": 3},
+           {"type": "dedup", "max_distance": 4, "steal_after_seconds": 5}]
+
+
+def make_corpus(store: Path, n_shards: int = 6, per_shard: int = 10) -> dict[str, int]:
+    """Input shards with cross-shard exact/near duplicates, small images, bad captions."""
+    d = store / "in"
+    d.mkdir(parents=True)
+    expected = {"exact": 0, "near": 0}
+    plain: set[int] = set()  # samples that keep their own pattern and pass the other filters
+    for s in range(n_shards):
+        with sh.ShardWriter(d / sh.shard_name(s)) as w:
+            for i in range(per_shard):
+                n = s * per_shard + i
+                img, text = pattern_png(n), CAPTION
+                if n % 9 == 4 and n - 9 in plain:
+                    img = pattern_png(n - 9)  # exact copy of a kept sample earlier in (shard, key) order
+                    expected["exact"] += 1
+                elif n % 17 == 8 and n - 17 in plain:
+                    img = pattern_png(n - 17, brighten=8)  # near copy: same pattern, shifted levels
+                    expected["near"] += 1
+                elif n % 13 == 6:
+                    img = png_bytes((20, 20))
+                elif n % 11 == 3:
+                    text = "tiny"
+                else:
+                    plain.add(n)
+                w.write(sh.Sample(f"k{n:04d}", {"recaption": text, "alt_text": "alt"}, "png", {"png": img}))
+    return expected
+
+
+def output_digests(store: Path) -> dict[str, str]:
+    return {p.name: sh.file_sha256(p) for p in sorted((store / "out").glob("*.tar"))}
+
+
+def kept_keys(store: Path) -> list[str]:
+    return [s.key for p in sorted((store / "out").glob("*.tar"))
+            for s in sh.read_shard(p) if isinstance(s, sh.Sample)]
+
+
+def report(store: Path, stage: str = "filter") -> dict:
+    return json.loads((store / "runs/t" / stage / "report.json").read_bytes())
+
+
+def start(env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "jobs.filter"], env=env, cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -2,29 +2,36 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from jobs_helpers import ROOT, contract_env, pattern_png, png_bytes, run_job
+from jobs_helpers import (
+    CAPTION,
+    FILTERS,
+    contract_env,
+    kept_keys,
+    make_corpus,
+    output_digests,
+    pattern_png,
+    png_bytes,
+    report,
+    run_job,
+    start,
+)
 from pydantic import ValidationError
 
 from jobs.core import shards as sh
-from jobs.filters import dedup as dd
+from jobs.filters import dedup
 from jobs.filters.basic import Candidate, CaptionCheck, ImageCheck
 from jobs.filters.funnel import build_funnel
 from jobs.filters.scores import JudgeScorer, parse_ratings
 from sailk8s.stageconfig.filter import CaptionFilter, Config, ImageFilter, JudgeFilter
-
-CAPTION = "a small square image with a bold pattern of dark and light blocks"
-FILTERS = [{"type": "image", "min_side": 32}, {"type": "caption", "min_words": 3},
-           {"type": "dedup", "max_distance": 4, "steal_after_seconds": 5}]
 
 
 def cand(text: str | None, image: bytes | None = None) -> Candidate:
@@ -56,7 +63,10 @@ def test_image_check_reasons() -> None:
     assert c.check(cand("x")) == "missing_image"
 
 
-def test_dedup_decide_keeps_first_and_matches_brute_force() -> None:
+def test_dedup_decide_keeps_the_first_of_each_component_and_matches_brute_force() -> None:
+    """Duplicates are the connected components of "same pixels" and "pHashes within the
+    distance"; each keeps its smallest (shard, key). (Before the partitioned dedup the rule was
+    sequential keep-first against kept samples only, which no partitioned algorithm can follow.)"""
     rng = random.Random(0)
     base = [rng.getrandbits(64) for _ in range(40)]
     entries = []
@@ -64,20 +74,33 @@ def test_dedup_decide_keeps_first_and_matches_brute_force() -> None:
         h = rng.choice(base)
         for _ in range(rng.randint(0, 7)):
             h ^= 1 << rng.randrange(64)
-        entries.append(dd.IndexEntry(f"s{i % 5}", f"k{i:04d}", f"c{rng.randint(0, 250)}", h))
-    got = dd.decide(entries, max_distance=4)
-    kept_hashes: list[int] = []
-    kept_content: set[str] = set()
-    for e in sorted(entries):  # brute force, same rule
-        if e.content in kept_content:
-            assert got[(e.shard, e.key)] == dd.EXACT_DUPLICATE
-        elif any(bin(e.phash ^ h).count("1") <= 4 for h in kept_hashes):
-            assert got[(e.shard, e.key)] == dd.NEAR_DUPLICATE
-        else:
-            assert (e.shard, e.key) not in got
-            kept_hashes.append(e.phash)
-            kept_content.add(e.content)
-    assert dd.decide(list(reversed(entries)), max_distance=4) == got  # input order is irrelevant
+        content = hashlib.sha256(f"c{rng.randint(0, 250)}".encode()).digest()
+        entries.append((f"s{i % 5}", f"k{i:04d}", content, h.to_bytes(8, "big")))
+    got = dedup.decide(entries, max_distance=4)
+    order = sorted(entries)
+    parent = list(range(len(order)))
+
+    def find(x: int) -> int:
+        while parent[x] != x:
+            x = parent[x]
+        return x
+
+    for i, a in enumerate(order):  # brute force over every pair
+        for j in range(i + 1, len(order)):
+            b = order[j]
+            distance = bin(int.from_bytes(a[3], "big") ^ int.from_bytes(b[3], "big")).count("1")
+            if a[2] == b[2] or distance <= 4:
+                ri, rj = find(i), find(j)
+                parent[max(ri, rj)] = min(ri, rj)
+    expected = {}
+    for i, e in enumerate(order):
+        root = find(i)  # unions point at the smaller index: a root is its component's first
+        if root != i:
+            expected[(e[0], e[1])] = (dedup.EXACT_DUPLICATE if e[2] == order[root][2]
+                                      else dedup.NEAR_DUPLICATE)
+    assert got == expected
+    assert dedup.EXACT_DUPLICATE in got.values() and dedup.NEAR_DUPLICATE in got.values()
+    assert dedup.decide(list(reversed(entries)), max_distance=4) == got  # input order is irrelevant
 
 
 def test_parse_ratings_robustly() -> None:
@@ -125,51 +148,6 @@ def test_funnel_rows_in_chain_order() -> None:
 
 
 # ---------------------------------------------------------------------------- stage runs
-def make_corpus(store: Path, n_shards: int = 6, per_shard: int = 10) -> dict[str, int]:
-    """Input shards with cross-shard exact/near duplicates, small images, bad captions."""
-    d = store / "in"
-    d.mkdir(parents=True)
-    expected = {"exact": 0, "near": 0}
-    plain: set[int] = set()  # samples that keep their own pattern and pass the other filters
-    for s in range(n_shards):
-        with sh.ShardWriter(d / sh.shard_name(s)) as w:
-            for i in range(per_shard):
-                n = s * per_shard + i
-                img, text = pattern_png(n), CAPTION
-                if n % 9 == 4 and n - 9 in plain:
-                    img = pattern_png(n - 9)  # exact copy of a kept sample earlier in (shard, key) order
-                    expected["exact"] += 1
-                elif n % 17 == 8 and n - 17 in plain:
-                    img = pattern_png(n - 17, brighten=8)  # near copy: same pattern, shifted levels
-                    expected["near"] += 1
-                elif n % 13 == 6:
-                    img = png_bytes((20, 20))
-                elif n % 11 == 3:
-                    text = "tiny"
-                else:
-                    plain.add(n)
-                w.write(sh.Sample(f"k{n:04d}", {"recaption": text, "alt_text": "alt"}, "png", {"png": img}))
-    return expected
-
-
-def output_digests(store: Path) -> dict[str, str]:
-    return {p.name: sh.file_sha256(p) for p in sorted((store / "out").glob("*.tar"))}
-
-
-def kept_keys(store: Path) -> list[str]:
-    return [s.key for p in sorted((store / "out").glob("*.tar"))
-            for s in sh.read_shard(p) if isinstance(s, sh.Sample)]
-
-
-def report(store: Path, stage: str = "filter") -> dict:
-    return json.loads((store / "runs/t" / stage / "report.json").read_bytes())
-
-
-def start(env: dict[str, str]) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "jobs.filter"], env=env, cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], dict, Path]:
     store = tmp_path_factory.mktemp("base")
