@@ -61,7 +61,7 @@ from sailk8s.testing.selectors import SelectorError, labels_match, parse_field_s
 from sailk8s.testing.state import ApiError, ClusterState, Matcher, not_found
 
 if TYPE_CHECKING:
-    from kubernetes.client import Configuration
+    from sailk8s.backends.kubernetes.client import Configuration
 
 
 @dataclass
@@ -685,14 +685,9 @@ class FakeKubernetes:
 
     def client_configuration(self) -> Configuration:
         """A `kubernetes.client.Configuration` pointing at this server (for ApiClient/TrainingClient)."""
-        from kubernetes.client import Configuration
+        from sailk8s.backends.kubernetes.client import configuration_for
 
-        config = Configuration()
-        config.host = self.url
-        config.verify_ssl = False
-        if self.token:
-            config.api_key = {"authorization": f"Bearer {self.token}"}
-        return config
+        return configuration_for(self.url, self.token)
 
     # -- state helpers ------------------------------------------------------------------------
     def type(self, plural: str, group: str = "") -> ResourceType:
