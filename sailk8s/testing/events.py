@@ -6,7 +6,7 @@ import contextlib
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from sailk8s.testing.state import ApiError
+from sailk8s.testing.apierrors import ApiError
 
 if TYPE_CHECKING:
     from sailk8s.testing.apiserver import FakeKubernetes

@@ -9,9 +9,9 @@ import datetime as dt
 import threading
 from typing import TYPE_CHECKING, Any
 
+from sailk8s.testing.apierrors import ApiError
 from sailk8s.testing.events import record_event
 from sailk8s.testing.podspecs import JOB_NAME, OPERATOR_NAME, REPLICA_TYPE
-from sailk8s.testing.state import ApiError
 
 if TYPE_CHECKING:
     from sailk8s.testing.apiserver import FakeKubernetes

@@ -7,13 +7,14 @@ import copy
 import threading
 from typing import TYPE_CHECKING, Any
 
+from sailk8s.testing.apierrors import ApiError
 from sailk8s.testing.behaviors import PodBehavior, ScriptEntry
 from sailk8s.testing.events import record_event
 from sailk8s.testing.executor import Rewriter, default_rewrite
+from sailk8s.testing.history import WatchEvent
 from sailk8s.testing.jobstatus import JobStatusWriter, has_condition, job_pods, set_condition
 from sailk8s.testing.kubelet import FakeKubelet
 from sailk8s.testing.podspecs import REPLICA_ORDER, headless_service, replica_pod
-from sailk8s.testing.state import ApiError, WatchEvent
 
 if TYPE_CHECKING:
     from sailk8s.testing.apiserver import FakeKubernetes
