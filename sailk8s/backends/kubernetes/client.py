@@ -1,7 +1,5 @@
-"""The one module that talks to the Kubernetes API (kopf's rule: only the clients talk to the API).
-
-Everything else in this package works on JSON dicts and sees failures as KubeApiError/BackendError.
-"""
+"""The one module that talks to the Kubernetes API (kopf: only the clients talk to the API); the
+rest of the backend works on JSON dicts and sees failures as KubeApiError or BackendError."""
 
 from __future__ import annotations
 

@@ -1,7 +1,5 @@
-"""Pure PyTorchJob builder: (pipeline, stage, attempt) -> a kubeflow.org/v1 manifest dict.
-
-No I/O and no client models: the same dicts feed `render`, the Kubernetes backend and tests.
-"""
+"""Pure PyTorchJob builder: (pipeline, stage, attempt) -> a kubeflow.org/v1 manifest, as plain dicts
+(no I/O, no client models) for `render`, the Kubernetes backend and tests."""
 
 from __future__ import annotations
 
