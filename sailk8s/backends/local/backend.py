@@ -32,8 +32,8 @@ _FOLLOW_POLL = 0.2
 
 
 # An enclosing job's rendezvous (a controller run inside a pod or under torchrun, a test that
-# trained in-process) must not leak into the attempt: torchrun --standalone, or the single
-# process, makes its own. A leaked MASTER_PORT still held by its owner fails every attempt.
+# trained in-process) must not leak into the attempt: the launcher's --standalone rendezvous
+# makes its own. A leaked MASTER_PORT still held by its owner fails every attempt.
 RENDEZVOUS_VARS = frozenset({
     "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
     "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME",
