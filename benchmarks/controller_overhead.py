@@ -32,8 +32,8 @@ from typing import Any
 from kubernetes import client as k8s
 
 from sailk8s.backends.base import Phase
-from sailk8s.backends.kubernetes import KubernetesBackend
-from sailk8s.backends.manifest import GROUP, PLURAL, VERSION
+from sailk8s.backends.kubernetes.backend import KubernetesBackend
+from sailk8s.backends.kubernetes.manifest import GROUP, PLURAL, VERSION
 from sailk8s.ledger import ShardLedger
 from sailk8s.ledger.paths import StagePaths
 from sailk8s.spec import Pipeline, parse_pipeline
@@ -80,7 +80,7 @@ def baseline(minutes: float, speed: float) -> int:
         backend = KubernetesBackend(configuration=kube.client_configuration(), namespace=NS, clock=clock.now)
         p = pipeline("base")
         ref = backend.submit(p, p.stages[0], 1)
-        api = k8s.CustomObjectsApi(backend.api)
+        api = k8s.CustomObjectsApi(backend.client.api)
         while True:
             job = api.get_namespaced_custom_object(GROUP, VERSION, NS, PLURAL, ref.name)
             conds = {c["type"] for c in (job.get("status") or {}).get("conditions") or []

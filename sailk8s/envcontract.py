@@ -21,6 +21,7 @@ CONFIG = "SAIL_STAGE_CONFIG"  # JSON object: the stage's config block
 # Store credentials travel separately (a Secret in the cluster, the parent env locally).
 CREDENTIAL_VARS = ("SAIL_STORE_ACCESS_KEY", "SAIL_STORE_SECRET_KEY")
 STORE_VARS = ("SAIL_STORE_ENDPOINT", "SAIL_STORE_REGION", *CREDENTIAL_VARS)
+LAUNCHER = "jobs.launch"  # torchrun that keeps the failed rank's exit code (jobs/launch.py)
 
 
 def stage_env(pipeline: Pipeline, stage: Stage, attempt: int) -> dict[str, str]:
@@ -49,6 +50,16 @@ def stage_command(stage: Stage, *, nnodes: int | None = None) -> list[str]:
     if nnodes is not None:
         cmd.append(f"--nnodes={nnodes}")
     return [*cmd, "-m", registered_kind(stage.kind).workload]
+
+
+def launch_command(stage: Stage, *, nnodes: int | None = None) -> list[str]:
+    """What a pod and a local attempt run: stage_command's torchrun arguments under jobs.launch.
+
+    torchrun exits 1 whatever its ranks returned; `python -m jobs.launch` is torchrun exiting
+    with the first failed rank's own code, which restartPolicy ExitCode and the controller's
+    failure classes depend on.
+    """
+    return ["python", "-m", LAUNCHER, *stage_command(stage, nnodes=nnodes)[1:]]
 
 
 @dataclass(frozen=True)

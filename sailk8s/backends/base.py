@@ -83,7 +83,7 @@ class RunLock(abc.ABC):
     """Makes sure only one controller drives a run: a lease with an expiry its holder renews.
 
     Backends hand one out through `Backend.run_lock()`:
-    - LocalBackend: an object in the store at runs/<run>/lock (sailk8s.runstate.StoreRunLock),
+    - LocalBackend: an object in the store at runs/<run>/lock (sailk8s.backends.local.storelock.StoreRunLock),
     - KubernetesBackend: a coordination.k8s.io/v1 Lease named after the run
       (spec.holderIdentity = holder, spec.leaseDurationSeconds = lease_seconds, renewTime).
     A holder that stops renewing (killed controller) loses the lease once `lease_seconds` pass

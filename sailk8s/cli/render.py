@@ -11,8 +11,13 @@ import importlib.util
 import click
 import yaml
 
-from sailk8s.backends.manifest import build_pytorchjob, label_selector
-from sailk8s.backends.validation import ManifestInvalid, find_crd, validate_manifest, webhook_errors
+from sailk8s.backends.kubernetes.manifest import build_pytorchjob, kubectl_commands
+from sailk8s.backends.kubernetes.validation import (
+    ManifestInvalid,
+    find_crd,
+    validate_manifest,
+    webhook_errors,
+)
 from sailk8s.settings import Settings
 from sailk8s.spec import load_pipeline
 
@@ -67,4 +72,4 @@ def render(ctx: click.Context, stage: str, path: str, attempt: int, crd: str | N
     click.echo(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False), nl=False)
     name = manifest["metadata"]["name"]
     click.echo(f"# {name}: valid ({checked})", err=True)
-    click.echo(f"# kubectl get pytorchjobs -n {namespace} -l {label_selector(pipeline.run)}", err=True)
+    click.echo(f"# {kubectl_commands(namespace, pipeline.run)[0]}", err=True)

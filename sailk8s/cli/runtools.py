@@ -48,10 +48,10 @@ def open_pipeline_store(pipeline: Pipeline, settings: Settings) -> ObjectStore:
 def backend_for(pipeline: Pipeline, store: ObjectStore, settings: Settings) -> Backend:
     """The backend pipeline.backend names; the Kubernetes client is imported only when used."""
     if pipeline.backend == "kubernetes":
-        from sailk8s.backends.kubernetes import KubernetesBackend
+        from sailk8s.backends.kubernetes.backend import KubernetesBackend
 
         return KubernetesBackend.for_pipeline(pipeline, settings, store=store)
-    from sailk8s.backends.local import LocalBackend
+    from sailk8s.backends.local.backend import LocalBackend
 
     return LocalBackend(store)
 
@@ -60,13 +60,10 @@ def kubectl_lines(pipeline: Pipeline, settings: Settings, stage: str | None = No
     """The equivalent kubectl commands for a Kubernetes run (none for the local backend)."""
     if pipeline.backend != "kubernetes":
         return []
-    ns = pipeline.namespace or settings.namespace
-    lines = [f"kubectl get pytorchjobs -n {ns} -l sail.io/run={pipeline.run}"]
+    from sailk8s.backends.kubernetes.manifest import kubectl_commands
+
     stages = [stage] if stage else [s.name for s in pipeline.stages]
-    for name in stages:
-        lines.append(f"kubectl logs -f -n {ns} -l sail.io/run={pipeline.run},sail.io/stage={name},"
-                     "training.kubeflow.org/replica-type=master")
-    return lines
+    return kubectl_commands(pipeline.namespace or settings.namespace, pipeline.run, stages)
 
 
 def is_tty() -> bool:

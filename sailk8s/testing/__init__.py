@@ -1,16 +1,12 @@
-"""Fake Kubernetes API and training operator for tests (like kopf.testing).
-
-`FakeKubernetes` (apiserver.py) serves the Kubernetes API over real HTTP on 127.0.0.1;
-`FakeTrainingOperator` (operator.py) plays the Kubeflow Training Operator v1 on it;
-`behaviors` holds the pod faults, `FaultPlan` (faults.py) the request and watch faults.
-"""
+"""Fakes for tests (like kopf.testing): a Kubernetes API server over real HTTP (FakeKubernetes),
+the Training Operator v1 on it (FakeTrainingOperator), pod faults (behaviors), request faults."""
 
 from sailk8s.testing import behaviors
+from sailk8s.testing.apierrors import ApiError
 from sailk8s.testing.apiserver import FakeKubernetes, RequestRecord
 from sailk8s.testing.clock import Clock, SimulatedClock
 from sailk8s.testing.faults import FaultPlan, RequestFault, WatchFault
 from sailk8s.testing.operator import FakeTrainingOperator
-from sailk8s.testing.state import ApiError
 
 __all__ = [
     "ApiError",

@@ -1,8 +1,4 @@
-"""Admission for PyTorchJobs: the Training Operator v1.9 webhook rules and, optionally, the CRD schema.
-
-A real cluster rejects a bad PyTorchJob with 422 before the operator sees it; so does the fake,
-which makes manifest bugs fail end-to-end tests the way they would fail in production.
-"""
+"""Admission for PyTorchJobs: the Training Operator v1.9 webhook rules and, optionally, the CRD schema."""
 
 from __future__ import annotations
 
@@ -11,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from sailk8s.testing.state import ApiError
+from sailk8s.testing.apierrors import ApiError
 
 Obj = dict[str, Any]
 
@@ -96,7 +92,11 @@ def schema_problems(job: Obj, crd: Obj) -> list[str]:
 
 
 def admit(job: Obj, crd: Obj | None, webhook: bool) -> None:
-    """Raise the 422 a real cluster answers for an invalid PyTorchJob."""
+    """Raise the 422 a real cluster answers for an invalid PyTorchJob.
+
+    A real cluster rejects a bad PyTorchJob before the operator sees it; so does the fake, which
+    makes manifest bugs fail end-to-end tests the way they would fail in production.
+    """
     name = (job.get("metadata") or {}).get("name") or ""
     problems = schema_problems(job, crd) if crd is not None else []
     if problems:

@@ -1,8 +1,4 @@
-"""What a fake pod does: succeed, fail, get OOM-killed, evicted, preempted, lose its node, hang...
-
-Arm them on the operator before the pod exists (`operator.script(...)`) or on a live pod
-(`operator.inject(...)`). Times are in the operator clock's seconds (simulated when it is).
-"""
+"""What a fake pod does: succeed, fail, get OOM-killed, evicted, preempted, lose its node, hang..."""
 
 from __future__ import annotations
 
@@ -29,7 +25,11 @@ class Action(StrEnum):
 
 @dataclass(frozen=True)
 class PodBehavior:
-    """One pod's script: an action, when it happens (`after` seconds of running) and its log lines."""
+    """One pod's script: an action, when it happens (`after` seconds of running) and its log lines.
+
+    Arm one on the operator before the pod exists (`operator.script(...)`) or on a live pod
+    (`operator.inject(...)`). Times are in the operator clock's seconds (simulated when it is).
+    """
 
     action: Action = Action.RUN
     after: float | None = None  # None: the operator's default duration

@@ -1,13 +1,4 @@
-"""Test helpers for S3: a real S3 HTTP server on 127.0.0.1 (moto) and a fault-injecting proxy.
-
-    with s3_server() as s3:                      # moto's ThreadedMotoServer, a fresh bucket
-        store = s3.store()                       # an S3Store on that bucket (real minio client)
-        with FaultProxy(s3.endpoint) as proxy:   # the same server behind injectable faults
-            proxy.inject("503", times=3)         # the next 3 requests get HTTP 503
-            store = s3.store(endpoint=proxy.endpoint)
-
-moto is imported lazily, so importing this module costs nothing when S3 is not used.
-"""
+"""Test helpers for S3: a real S3 HTTP server on 127.0.0.1 (moto) and a fault-injecting proxy."""
 
 from __future__ import annotations
 
@@ -99,7 +90,16 @@ class S3Server:
 
 @contextmanager
 def s3_server(bucket: str | None = None) -> Iterator[S3Server]:
-    """Start moto's ThreadedMotoServer on a free 127.0.0.1 port with a fresh bucket; stop it after."""
+    """Start moto's ThreadedMotoServer on a free 127.0.0.1 port with a fresh bucket; stop it after.
+
+        with s3_server() as s3:                      # moto's ThreadedMotoServer, a fresh bucket
+            store = s3.store()                       # an S3Store on that bucket (real minio client)
+            with FaultProxy(s3.endpoint) as proxy:   # the same server behind injectable faults
+                proxy.inject("503", times=3)         # the next 3 requests get HTTP 503
+                store = s3.store(endpoint=proxy.endpoint)
+
+    moto is imported here, lazily: importing this module costs nothing when S3 is not used.
+    """
     from moto.server import ThreadedMotoServer
 
     # werkzeug logs every request at INFO to stderr; tests only want to hear about errors.

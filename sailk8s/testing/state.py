@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import bisect
 import builtins
 import copy
 import re
@@ -10,66 +9,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
 
+from sailk8s.testing.apierrors import ApiError, not_found
 from sailk8s.testing.clock import Clock
+from sailk8s.testing.history import ChangeHistory, Matcher, WatchEvent, gone_event, translate
 from sailk8s.testing.resources import Obj, ResourceType
 
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
-class ApiError(Exception):
-    """An API answer other than success, carried as a Kubernetes Status object."""
-
-    def __init__(
-        self, code: int, reason: str, message: str, details: Obj | None = None, retry_after: int | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.reason = reason
-        self.message = message
-        self.details = details or {}
-        self.retry_after = retry_after
-
-    def status(self) -> Obj:
-        """The metav1.Status body the real API server sends."""
-        body: Obj = {
-            "kind": "Status",
-            "apiVersion": "v1",
-            "metadata": {},
-            "status": "Failure",
-            "message": self.message,
-            "reason": self.reason,
-            "code": self.code,
-        }
-        if self.details:
-            body["details"] = self.details
-        return body
-
-
-def not_found(rtype: ResourceType, name: str) -> ApiError:
-    """404 NotFound as the server words it: `pods "x" not found`."""
-    return ApiError(
-        404,
-        "NotFound",
-        f'{rtype.qualified} "{name}" not found',
-        {"name": name, "group": rtype.group, "kind": rtype.plural},
-    )
-
-
-@dataclass(frozen=True)
-class WatchEvent:
-    """One committed change: its resourceVersion, type and the object before and after."""
-
-    rv: int
-    rtype: ResourceType
-    type: str  # ADDED, MODIFIED, DELETED
-    obj: Obj
-    old: Obj | None
-
-
-Matcher = Callable[[Obj], bool]
 Listener = Callable[[WatchEvent], None]
 
 
@@ -80,10 +28,8 @@ class ClusterState:
         self.clock = clock
         self.cond = threading.Condition(threading.RLock())
         self._objects: dict[ResourceType, dict[tuple[str, str], Obj]] = {}
-        self._history: list[WatchEvent] = []
-        self._history_limit = history
+        self._history = ChangeHistory(history)
         self._rv = 0
-        self._floor = 0  # the oldest resourceVersion a watch may resume from
         self._listeners: list[Listener] = []
         self.stopped = threading.Event()
 
@@ -98,13 +44,12 @@ class ClusterState:
     def floor(self) -> int:
         """Watches from a resourceVersion older than this get 410 Gone."""
         with self.cond:
-            return self._floor
+            return self._history.floor
 
     def compact(self) -> None:
         """Forget the change history, like etcd compaction: older watches get 410 Gone."""
         with self.cond:
-            self._history.clear()
-            self._floor = self._rv
+            self._history.compact(self._rv)
 
     def subscribe(self, listener: Listener) -> None:
         """Call `listener` after every committed change (in the writer's thread)."""
@@ -122,11 +67,7 @@ class ClusterState:
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         event = WatchEvent(self._rv, rtype, kind, copy.deepcopy(obj), old)
-        self._history.append(event)
-        if len(self._history) > self._history_limit:
-            dropped = len(self._history) // 2
-            self._floor = self._history[dropped - 1].rv
-            del self._history[:dropped]
+        self._history.record(event)
         self.cond.notify_all()
         return event
 
@@ -420,8 +361,8 @@ class ClusterState:
             if since is None:
                 snapshot, cursor = self.list(rtype, namespace, matcher)
                 pending: builtins.list[Obj] = [{"type": "ADDED", "object": obj} for obj in snapshot]
-            elif since < self._floor:
-                yield gone_event(since, self._floor)
+            elif since < self._history.floor:
+                yield gone_event(since, self._history.floor)
                 return
             else:
                 cursor = since
@@ -429,13 +370,12 @@ class ClusterState:
         yield from pending
         while not stop.is_set() and not self.stopped.is_set():
             with self.cond:
-                if cursor < self._floor:
+                if cursor < self._history.floor:
                     yield_gone = True
                     batch: builtins.list[WatchEvent] = []
                 else:
                     yield_gone = False
-                    start = bisect.bisect_right(self._history, cursor, key=lambda e: e.rv)
-                    batch = self._history[start:]
+                    batch = self._history.after(cursor)
                     if not batch:
                         remaining = None if deadline is None else deadline - _monotonic()
                         if remaining is not None and remaining <= 0:
@@ -447,7 +387,7 @@ class ClusterState:
                 return
             for event in batch:
                 cursor = event.rv
-                out = _translate(event, rtype, namespace, matcher)
+                out = translate(event, rtype, namespace, matcher)
                 if out is not None:
                     yield out
             if deadline is not None and _monotonic() >= deadline:
@@ -458,31 +398,3 @@ def _monotonic() -> float:
     return time.monotonic()
 
 
-def gone_event(since: int, floor: int) -> Obj:
-    """The ERROR event a watch gets when its resourceVersion was compacted away."""
-    status = ApiError(410, "Expired", f"too old resource version: {since} ({floor})").status()
-    return {"type": "ERROR", "object": status}
-
-
-def _translate(event: WatchEvent, rtype: ResourceType, namespace: str | None, matcher: Matcher) -> Obj | None:
-    """What a filtered watcher sees of one change (an object leaving the filter is DELETED)."""
-    if event.rtype != rtype:
-        return None
-    ns = event.obj["metadata"].get("namespace", "")
-    if namespace and ns != namespace:
-        return None
-    now_matches = matcher(event.obj)
-    if event.type == "MODIFIED":
-        was_matching = event.old is not None and matcher(event.old)
-        if now_matches and not was_matching:
-            return {"type": "ADDED", "object": event.obj}
-        if was_matching and not now_matches:
-            return {"type": "DELETED", "object": event.obj}
-    if not now_matches:
-        return None
-    return {"type": event.type, "object": event.obj}
-
-
-def any_object(_obj: Any) -> bool:
-    """A matcher that accepts everything."""
-    return True

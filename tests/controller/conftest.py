@@ -39,6 +39,24 @@ def local_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[
         with contextlib.suppress(Exception):
             pid = int(json.loads(rec.read_text())["pid"])
             os.killpg(pid, signal.SIGKILL)
+    # torchrun starts each rank in a session of its own: a rank whose launcher was killed
+    # outlives its group. Every attempt process carries this test's SAIL_LOCAL_DIR.
+    for pid in _started_under(local):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _started_under(local: Path) -> list[int]:
+    """Processes whose environment names `local` as SAIL_LOCAL_DIR (not this one)."""
+    marker = f"SAIL_LOCAL_DIR={local}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture

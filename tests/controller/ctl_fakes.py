@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
-from sailk8s.backends.storelock import StoreRunLock
+from sailk8s.backends.local.storelock import StoreRunLock
 from sailk8s.exitcodes import FailureClass
 from sailk8s.spec import Pipeline, Stage, parse_pipeline
 from sailk8s.store.base import ObjectStore

@@ -12,7 +12,7 @@ import pytest
 from ctl_fakes import APP, HANG, INFRA, LOST, OK, PERMANENT, FakeBackend, FakeTime, make_pipeline
 
 from sailk8s.backends.base import AttemptRef, LockHeld
-from sailk8s.backends.storelock import StoreRunLock
+from sailk8s.backends.local.storelock import StoreRunLock
 from sailk8s.controller import Controller
 from sailk8s.errors import BackendError, ConfigError
 from sailk8s.runstate import AttemptRecord, RunState, StageState, load_state, request_cancel, save_state

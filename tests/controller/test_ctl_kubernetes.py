@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sailk8s.backends.kubernetes import KubernetesBackend
+from sailk8s.backends.kubernetes.backend import KubernetesBackend
 from sailk8s.controller import Controller
 from sailk8s.runstate import load_state
 from sailk8s.spec import parse_pipeline

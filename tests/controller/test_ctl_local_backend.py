@@ -13,7 +13,7 @@ import pytest
 from ctl_support import set_fake
 
 from sailk8s.backends.base import AttemptRef, Phase
-from sailk8s.backends.local import LocalBackend
+from sailk8s.backends.local.backend import LocalBackend
 from sailk8s.errors import BackendError
 from sailk8s.exitcodes import FailureClass
 from sailk8s.spec import Pipeline, parse_pipeline
@@ -79,13 +79,16 @@ def test_killed_workload_is_infra(file_store: LocalStore, local_env: dict[str, P
     p = pipeline(file_store)
     backend = LocalBackend(file_store)
     ref = backend.submit(p, p.stage("a"), 1)
-    child = backend.attempt_dir(ref) / "child.json"
     lines = backend.logs(ref, follow=True)
-    assert next(lines).endswith("pid=" + str(_wait_json(child)["pid"]))
+    # The workload runs under the pod's launcher (child.json): it names its own pid.
+    first = next(lines)
+    assert first.startswith("[rank 0] start stage=a") and "pid=" in first
     assert next(lines) == "[rank 0] hanging"
-    os.kill(_wait_json(child)["pid"], signal.SIGKILL)  # OOM killer, node pressure...
+    os.kill(int(first.rsplit("pid=", 1)[1]), signal.SIGKILL)  # OOM killer, node pressure...
     st = backend.wait(ref, timeout=30)
-    assert (st.phase, st.failure, st.reason, st.exit_code) == (Phase.FAILED, FailureClass.INFRA, "Killed", -9)
+    # As in a pod: the launcher exits with the killed rank's code, 128 + SIGKILL.
+    assert (st.phase, st.failure, st.reason, st.exit_code) == (
+        Phase.FAILED, FailureClass.INFRA, "Killed", 137)
     assert "SIGKILL" in (st.message or "")
 
 
@@ -144,7 +147,7 @@ def test_torchrun_two_ranks_split_logs_and_keep_exit_code(file_store: LocalStore
     set_fake(monkeypatch, a={"shards": 4, "fail": {"2": 3}, "fail_rank": 1, "fail_after": 1})
     p = pipeline(file_store, procs=2)
     backend = LocalBackend(file_store)
-    assert backend.command(p.stage("a"))[2:6] == ["torch.distributed.run", "--standalone",
+    assert backend.command(p.stage("a"))[2:6] == ["jobs.launch", "--standalone",
                                                   "--nproc-per-node=2", "--tee=3"]
     ok = backend.wait(backend.submit(p, p.stage("a"), 1), timeout=120)
     assert ok.phase is Phase.SUCCEEDED
@@ -153,7 +156,7 @@ def test_torchrun_two_ranks_split_logs_and_keep_exit_code(file_store: LocalStore
     for key in list(file_store.list("runs/r1/a/done/")):
         file_store.delete(key)
     bad = backend.wait(backend.submit(p, p.stage("a"), 2), timeout=120)
-    # torchrun itself exits 1; the rank's real code (3, permanent) must survive it.
+    # torchrun itself exits 1; the launcher keeps the rank's real code (3, permanent).
     assert (bad.phase, bad.exit_code, bad.failure) == (Phase.FAILED, 3, FailureClass.PERMANENT)
 
 

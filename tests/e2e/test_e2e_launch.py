@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from e2e_support import ROOT, sail_env
 
-from sailk8s.backends.manifest import build_pytorchjob
+from sailk8s.backends.kubernetes.manifest import build_pytorchjob
 from sailk8s.exitcodes import FailureClass, classify_exit_code
 from sailk8s.spec import parse_pipeline
 

@@ -18,9 +18,8 @@ import yaml
 from chartkit import CHART_DIR, ROOT
 from test_helm_chart import KIND_IMAGE, MINIMAL_CONFIG
 
-from sailk8s.backends.manifest import pod_command
 from sailk8s.cli import COMMANDS
-from sailk8s.envcontract import stage_command
+from sailk8s.envcontract import launch_command, stage_command
 from sailk8s.spec import STAGE_KINDS, Stage
 
 IMAGES = ROOT / "images"
@@ -161,10 +160,10 @@ def test_workload_targets_run_existing_job_modules_like_the_manifest_builder() -
     workload = {s.name: s for s in parse_dockerfile(WORKLOAD)}
     for target in WORKLOAD_TARGETS:
         cmd = exec_form(workload[target].last("CMD"))
-        # The same launcher as the PyTorchJob's container command (backends.manifest.pod_command).
+        # The same launcher as the PyTorchJob's container command (envcontract.launch_command).
         kind = cmd[-1].removeprefix("jobs.")
         stage = Stage(name="s", kind=kind, config=MINIMAL_CONFIG.get(kind, {}))
-        assert cmd == pod_command(stage, nnodes=None), target
+        assert cmd == launch_command(stage, nnodes=None), target
         assert importlib.util.find_spec("jobs.launch") is not None
         assert importlib.util.find_spec(cmd[-1]) is not None, f"{target}: no module {cmd[-1]}"
 
@@ -175,7 +174,7 @@ def test_every_stage_command_runs_a_module_of_its_image() -> None:
         stage = Stage(name="s", kind=kind, config=MINIMAL_CONFIG.get(kind, {}))
         argv = stage_command(stage)
         assert argv[0] == "torchrun" and argv[-2:] == ["-m", f"jobs.{kind}"]
-        assert pod_command(stage, nnodes=2)[:3] == ["python", "-m", "jobs.launch"]
+        assert launch_command(stage, nnodes=2)[:3] == ["python", "-m", "jobs.launch"]
         assert importlib.util.find_spec(f"jobs.{kind}") is not None, f"no module jobs.{kind}"
         assert KIND_IMAGE[kind] in built  # every workload image installs the whole package + [ml]
 

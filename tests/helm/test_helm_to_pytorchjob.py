@@ -11,7 +11,7 @@ import yaml
 from chartkit import NAMESPACE, ROOT, VALUE_SETS
 from test_helm_chart import KIND_IMAGE, pipeline_of
 
-from sailk8s.backends.manifest import CONTAINER, build_pytorchjob
+from sailk8s.backends.kubernetes.manifest import CONTAINER, build_pytorchjob
 
 CRD = ROOT.parent / "shared" / "crds" / "kubeflow.org_pytorchjobs.yaml"
 

@@ -11,8 +11,8 @@ from fakecluster import ClusterDriver
 from k8s_pipelines import make_pipeline
 
 from sailk8s.backends.base import AttemptRef, Phase
-from sailk8s.backends.kubernetes import KubernetesBackend
-from sailk8s.backends.manifest import ANNOTATION_SPEC_HASH
+from sailk8s.backends.kubernetes.backend import KubernetesBackend
+from sailk8s.backends.kubernetes.manifest import ANNOTATION_SPEC_HASH
 from sailk8s.errors import BackendError
 from sailk8s.exitcodes import FailureClass
 from sailk8s.spec import Pipeline
@@ -501,12 +501,3 @@ def test_crd_not_installed(backend: KubernetesBackend, kube: FakeKubernetes, pip
         submit(backend, pipeline)
     with pytest.raises(BackendError, match=r"install the Kubeflow Training Operator v1.9"):
         backend.status(AttemptRef("r1", "ingest", 1))
-
-
-def test_kubectl_hints(backend: KubernetesBackend) -> None:
-    hints = backend.kubectl_hints(AttemptRef("r1", "sft", 2))
-    assert hints == [
-        "kubectl get pytorchjobs -n sail -l sail.io/run=r1",
-        "kubectl logs -n sail -f -l sail.io/run=r1,sail.io/stage=sft,sail.io/attempt=2,"
-        "training.kubeflow.org/replica-type=master",
-    ]

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from sailk8s.backends.base import Phase
-from sailk8s.backends.kube_status import derive_status, next_deadline, parse_time
+from sailk8s.backends.kubernetes.status import derive_status, next_deadline, parse_time
 from sailk8s.exitcodes import FailureClass
 from sailk8s.testing import podstatus as ps
 

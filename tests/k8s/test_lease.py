@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 
 from sailk8s.backends.base import LockHeld, LockLost
-from sailk8s.backends.kube_lease import LeaseRunLock
-from sailk8s.backends.kubernetes import KubernetesBackend
+from sailk8s.backends.kubernetes.backend import KubernetesBackend
+from sailk8s.backends.kubernetes.lease import LeaseRunLock
 from sailk8s.errors import BackendError
 from sailk8s.testing.apiserver import FakeKubernetes
 

@@ -9,8 +9,8 @@ import pytest
 from fakecluster import ClusterDriver
 
 from sailk8s.backends.base import AttemptRef
-from sailk8s.backends.kube_logfollow import Backoff, LogCursor, split_stamp
-from sailk8s.backends.kubernetes import KubernetesBackend
+from sailk8s.backends.kubernetes.backend import KubernetesBackend
+from sailk8s.backends.kubernetes.logs import Backoff, LogCursor, split_stamp
 from sailk8s.errors import BackendError
 from sailk8s.spec import Pipeline
 from sailk8s.store.base import ObjectStore

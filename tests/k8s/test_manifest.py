@@ -11,9 +11,15 @@ from pathlib import Path
 import pytest
 from k8s_pipelines import make_pipeline
 
-from sailk8s.backends import validation
-from sailk8s.backends.manifest import ANNOTATION_SPEC_HASH, build_pytorchjob, replica_rank, spec_hash
-from sailk8s.backends.validation import ManifestInvalid, validate_manifest, webhook_errors
+from sailk8s.backends.kubernetes import validation
+from sailk8s.backends.kubernetes.manifest import (
+    ANNOTATION_SPEC_HASH,
+    build_pytorchjob,
+    kubectl_commands,
+    replica_rank,
+    spec_hash,
+)
+from sailk8s.backends.kubernetes.validation import ManifestInvalid, validate_manifest, webhook_errors
 from sailk8s.errors import ConfigError
 from sailk8s.spec import Pipeline
 
@@ -303,3 +309,13 @@ def test_crd_is_found_through_env(
     monkeypatch.setenv("SAIL_PYTORCHJOB_CRD", str(crd_path))
     assert validation.find_crd() == crd_path
     assert validate_manifest(build_pytorchjob(pipeline, pipeline.stage("ingest"), 1)) is True
+
+
+def test_kubectl_commands_for_one_attempt() -> None:
+    # Built from the label constants, in one place: `submit`, `run` and `render` print these.
+    hints = kubectl_commands("sail", "r1", ["sft"], attempt=2)
+    assert hints == [
+        "kubectl get pytorchjobs -n sail -l sail.io/run=r1",
+        "kubectl logs -f -n sail -l sail.io/run=r1,sail.io/stage=sft,sail.io/attempt=2,"
+        "training.kubeflow.org/replica-type=master",
+    ]

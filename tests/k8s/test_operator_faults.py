@@ -9,7 +9,7 @@ import pytest
 from k8s_pipelines import make_pipeline
 
 from sailk8s.backends.base import Phase
-from sailk8s.backends.kubernetes import KubernetesBackend
+from sailk8s.backends.kubernetes.backend import KubernetesBackend
 from sailk8s.exitcodes import FailureClass
 from sailk8s.testing import behaviors as bh
 from sailk8s.testing.apiserver import FakeKubernetes

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sailk8s.backends.kubernetes import KubernetesBackend
+from sailk8s.backends.kubernetes.backend import KubernetesBackend
 from sailk8s.spec import load_pipeline
 from sailk8s.testing.apiserver import FakeKubernetes
 

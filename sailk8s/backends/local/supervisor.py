@@ -1,21 +1,9 @@
-"""The supervisor of one local stage attempt: `python -m sailk8s.backends.localrun [--grace S] DIR -- CMD`.
-
-LocalBackend starts it detached (its own session), so the attempt outlives a killed
-controller and a restarted one adopts it. It runs CMD (torchrun or python -m jobs.<kind>) in
-its own process group and:
-- splits the output by rank (torchrun's `--tee` prefix `[default<r>]:`) into
-  DIR/logs/rank-<r>.log and DIR/attempt.log (`[rank r] ` prefixed), flushed line by line;
-- on SIGTERM/SIGINT (cancel) sends SIGTERM to the process group, SIGKILL after a grace period;
-- when CMD ends, archives the rank logs to the store at runs/<run>/<stage>/attempts/<k>/logs/
-  and only then writes DIR/exit.json (exit code, cancelled, last line), atomically.
-torchrun exits 1 whatever its failed rank returned, so the supervisor reads the rank's real
-exit code from torchrun's "Root Cause" summary: the exit-code convention must survive it.
-"""
+"""Supervises one local attempt: `python -m sailk8s.backends.local.supervisor [--grace S] DIR -- CMD`
+(logs split by rank, cancel, archive, exit record; see `supervise`)."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
@@ -28,9 +16,10 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from sailk8s.backends.local.procs import kill_tree
+
+# torchrun's `--tee` prefix on each worker line: `[default<r>]:`.
 _RANK_PREFIX = re.compile(r"^\[[A-Za-z_]*?(\d+)\]:")
-_EXITCODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
-_ROOT_CAUSE = "Root Cause"
 
 
 def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -41,24 +30,29 @@ def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
 
 
 class LogSplitter:
-    """Routes output lines to per-rank files and a combined, rank-prefixed file."""
+    """Routes output lines to per-rank files and a combined, rank-prefixed file.
+
+    Lines without a rank prefix (the launcher's own) belong to rank 0, as in rank 0's pod log.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.dir = directory / "logs"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.combined = open(directory / "attempt.log", "a", encoding="utf-8")  # noqa: SIM115
         self.files: dict[int, IO[str]] = {}
-        self.last_line: str | None = None
-        self.root_cause_code: int | None = None
-        self._in_root_cause = False
+        self._last_rank_line: str | None = None
+        self._last_other_line: str | None = None
+
+    @property
+    def last_line(self) -> str | None:
+        """The last line a rank wrote (the launcher's failure summary says less), else any line."""
+        return self._last_rank_line or self._last_other_line
 
     def write(self, line: str) -> None:
         line = line.rstrip("\r\n")
         m = _RANK_PREFIX.match(line)
         rank = int(m.group(1)) if m else 0
         text = line[m.end() :] if m else line
-        if not m:
-            self._watch_torchrun(text)
         f = self.files.get(rank)
         if f is None:
             f = self.files[rank] = open(self.dir / f"rank-{rank}.log", "a", encoding="utf-8")  # noqa: SIM115
@@ -67,16 +61,10 @@ class LogSplitter:
         self.combined.write(f"[rank {rank}] {text}\n")
         self.combined.flush()
         if text.strip():
-            self.last_line = text.strip()[:500]
-
-    def _watch_torchrun(self, text: str) -> None:
-        # torchrun's failure summary: "Root Cause (first observed failure):" ... "exitcode : 3".
-        if _ROOT_CAUSE in text:
-            self._in_root_cause = True
-            return
-        m = _EXITCODE.match(text)
-        if m and self._in_root_cause and self.root_cause_code is None:
-            self.root_cause_code = int(m.group(1))
+            if m:
+                self._last_rank_line = text.strip()[:500]
+            else:
+                self._last_other_line = text.strip()[:500]
 
     def close(self) -> None:
         for f in self.files.values():
@@ -101,15 +89,25 @@ def archive_logs(directory: Path, env: dict[str, str]) -> str | None:
 
 
 def supervise(directory: Path, cmd: list[str], grace: float) -> int:
-    """Run cmd, split its logs, archive them, record exit.json. Returns 0 unless it cannot start."""
+    """Run cmd, split its logs, archive them, record exit.json. Returns 0 unless it cannot start.
+
+    LocalBackend starts the supervisor detached (its own session), so the attempt outlives a
+    killed controller and a restarted one adopts it. CMD (the launcher) runs in its own process
+    group; output is split by rank into DIR/logs/rank-<r>.log and DIR/attempt.log (`[rank r] `
+    prefixed), flushed line by line. SIGTERM/SIGINT (cancel) sends SIGTERM to the command, which
+    stops its ranks, and SIGKILL to it and every process under it after `grace` seconds. When
+    CMD ends, the rank logs are archived to the store, and only then is DIR/exit.json written
+    (CMD's exit code, cancelled, last line), atomically. The launcher's exit code is the first
+    failed rank's own, so the exit-code convention of sailk8s.exitcodes holds as in a pod.
+    """
     splitter = LogSplitter(directory)
     cancelled = threading.Event()
     procs: list[subprocess.Popen[bytes]] = []
 
     def kill_group(sig: int) -> None:
+        # torchrun starts each rank in a session of its own: a group signal would miss them.
         for proc in procs:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, sig)
+            kill_tree(proc.pid, sig, tree=sig == signal.SIGKILL)
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         if cancelled.is_set():
@@ -148,8 +146,6 @@ def supervise(directory: Path, cmd: list[str], grace: float) -> int:
         splitter.write(raw.decode("utf-8", errors="replace"))
     code = child.wait()
     splitter.close()
-    if code == 1 and splitter.root_cause_code is not None:
-        code = splitter.root_cause_code
     archive_error = archive_logs(directory, dict(os.environ))
     write_json_atomic(
         directory / "exit.json",
@@ -166,7 +162,7 @@ def supervise(directory: Path, cmd: list[str], grace: float) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `[--grace S] DIR -- CMD...` and supervise."""
-    parser = argparse.ArgumentParser(prog="python -m sailk8s.backends.localrun")
+    parser = argparse.ArgumentParser(prog="python -m sailk8s.backends.local.supervisor")
     parser.add_argument("directory", type=Path)
     parser.add_argument("--grace", type=float, default=10.0)
     parser.add_argument("cmd", nargs=argparse.REMAINDER)

@@ -1,31 +1,19 @@
-"""Pure PyTorchJob builder: (pipeline, stage, attempt) -> a kubeflow.org/v1 manifest dict.
-
-No I/O and no API calls: the same function feeds `render`, the Kubernetes backend and tests.
-
-Exit codes and restarts (see sailk8s.exitcodes): replicas use restartPolicy `ExitCode`, so the
-training operator restarts a pod in place when it dies by a signal (code >= 128: SIGKILL,
-SIGTERM on preemption) up to runPolicy.backoffLimit times, and fails the job at once for codes
-1-127, which the controller then classifies (1 app, 2-5 permanent, 75 infra). The container
-runs torchrun through `python -m jobs.launch`, which exits with the first failed rank's code
-(torchrun alone exits 1 whatever its ranks returned, which would make every failure "app").
-
-Elastic stages (scheduling.elastic_min_nodes / elastic_max_nodes) use Worker replicas only,
-as the operator's elastic examples do: c10d rendezvous runs on worker-0, every node is a peer.
-"""
+"""Pure PyTorchJob builder: (pipeline, stage, attempt) -> a kubeflow.org/v1 manifest, as plain dicts
+(no I/O, no client models) for `render`, the Kubernetes backend and tests."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from typing import Any
 
-from kubeflow.training import models as kf
-from kubernetes import client as k8s
-
 from sailk8s.backends.base import attempt_name
-from sailk8s.envcontract import CREDENTIAL_VARS, stage_command, stage_env
+from sailk8s.envcontract import CREDENTIAL_VARS, launch_command, stage_env
 from sailk8s.errors import ConfigError
 from sailk8s.spec import Pipeline, Stage, Toleration
+
+Obj = dict[str, Any]
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -33,7 +21,6 @@ GROUP = "kubeflow.org"
 VERSION = "v1"
 PLURAL = "pytorchjobs"
 CONTAINER = "pytorch"  # the operator's webhook requires a container with this name
-LAUNCHER = "jobs.launch"  # torchrun that keeps the failed rank's exit code (jobs/launch.py)
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
@@ -91,6 +78,17 @@ def job_labels(pipeline: Pipeline, stage: Stage, attempt: int) -> dict[str, str]
     return labels
 
 
+def kubectl_commands(
+    namespace: str, run: str, stages: list[str] | tuple[str, ...] = (), attempt: int | None = None
+) -> list[str]:
+    """The kubectl lines that list a run's jobs and follow each stage's (or attempt's) rank 0."""
+    lines = [f"kubectl get pytorchjobs -n {namespace} -l {label_selector(run)}"]
+    for stage in stages:
+        selector = f"{label_selector(run, stage, attempt)},{LABEL_REPLICA_TYPE}=master"
+        lines.append(f"kubectl logs -f -n {namespace} -l {selector}")
+    return lines
+
+
 def is_elastic(stage: Stage) -> bool:
     """Whether the stage asks for an elastic (variable node count) job."""
     s = stage.scheduling
@@ -110,33 +108,29 @@ def elastic_bounds(stage: Stage) -> tuple[int, int]:
     return lo, hi
 
 
+def _compact(**fields: Any) -> Obj:
+    """An API object as the API client serializes one: camelCase keys, None fields left out."""
+    return {key: value for key, value in fields.items() if value is not None}
+
+
 def _env(
     pipeline: Pipeline, stage: Stage, attempt: int, store_endpoint: str | None, store_region: str | None
-) -> list[k8s.V1EnvVar]:
+) -> list[Obj]:
     """The env contract; the store endpoint is literal, credentials only by secretKeyRef."""
-    env = [k8s.V1EnvVar(name=k, value=v) for k, v in stage_env(pipeline, stage, attempt).items()]
-    env.append(k8s.V1EnvVar(name="PYTHONUNBUFFERED", value="1"))
+    env: list[Obj] = [{"name": k, "value": v} for k, v in stage_env(pipeline, stage, attempt).items()]
+    env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
     if store_endpoint:
-        env.append(k8s.V1EnvVar(name="SAIL_STORE_ENDPOINT", value=store_endpoint))
+        env.append({"name": "SAIL_STORE_ENDPOINT", "value": store_endpoint})
     if store_region:
-        env.append(k8s.V1EnvVar(name="SAIL_STORE_REGION", value=store_region))
+        env.append({"name": "SAIL_STORE_REGION", "value": store_region})
     if pipeline.store_secret:
         for var in CREDENTIAL_VARS:
-            ref = k8s.V1SecretKeySelector(name=pipeline.store_secret, key=var, optional=False)
-            env.append(k8s.V1EnvVar(name=var, value_from=k8s.V1EnvVarSource(secret_key_ref=ref)))
+            ref = {"key": var, "name": pipeline.store_secret, "optional": False}
+            env.append({"name": var, "valueFrom": {"secretKeyRef": ref}})
     return env
 
 
-def pod_command(stage: Stage, nnodes: int | None) -> list[str]:
-    """The container command: stage_command's torchrun arguments under `python -m jobs.launch`.
-
-    torchrun exits 1 whatever its ranks returned; jobs.launch is torchrun with the first failed
-    rank's own exit code, which restartPolicy ExitCode and the controller's classes depend on.
-    """
-    return ["python", "-m", LAUNCHER, *stage_command(stage, nnodes=nnodes)[1:]]
-
-
-def _resources(stage: Stage) -> k8s.V1ResourceRequirements:
+def _resources(stage: Stage) -> Obj:
     r = stage.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -147,42 +141,36 @@ def _resources(stage: Stage) -> k8s.V1ResourceRequirements:
         requests["memory"] = limits["memory"] = r.memory
     if r.gpus_per_node:
         limits[GPU_RESOURCE] = str(r.gpus_per_node)
-    return k8s.V1ResourceRequirements(requests=requests or None, limits=limits or None)
+    return _compact(limits=limits or None, requests=requests or None)
 
 
-def _tolerations(stage: Stage) -> list[k8s.V1Toleration] | None:
+def _tolerations(stage: Stage) -> list[Obj] | None:
     tols: list[Toleration] = list(stage.resources.tolerations)
     # GPU pools are commonly tainted nvidia.com/gpu:NoSchedule; tolerate it unless the user did.
     if stage.resources.gpus_per_node and not any(t.key == GPU_RESOURCE for t in tols):
         tols.append(Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"))
     out = [
-        k8s.V1Toleration(
+        _compact(
+            effect=t.effect,
             key=t.key,
             operator=t.operator,
+            tolerationSeconds=t.toleration_seconds,
             value=t.value,
-            effect=t.effect,
-            toleration_seconds=t.toleration_seconds,
         )
         for t in tols
     ]
     return out or None
 
 
-def _affinity(stage: Stage) -> k8s.V1Affinity | None:
+def _affinity(stage: Stage) -> Obj | None:
     """GPU stages prefer nodes that GPU feature discovery marks as GPU nodes."""
     if not stage.resources.gpus_per_node:
         return None
-    term = k8s.V1NodeSelectorTerm(
-        match_expressions=[
-            k8s.V1NodeSelectorRequirement(key=GPU_PRESENT_LABEL, operator="In", values=["true"])
-        ]
-    )
+    term = {"matchExpressions": [{"key": GPU_PRESENT_LABEL, "operator": "In", "values": ["true"]}]}
     # Preferred, not required: the nvidia.com/gpu limit already forces GPU nodes, and clusters
     # without feature discovery must still schedule.
-    pref = k8s.V1PreferredSchedulingTerm(weight=100, preference=term)
-    return k8s.V1Affinity(
-        node_affinity=k8s.V1NodeAffinity(preferred_during_scheduling_ignored_during_execution=[pref])
-    )
+    pref = {"preference": term, "weight": 100}
+    return {"nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [pref]}}
 
 
 def _pod_template(
@@ -192,50 +180,48 @@ def _pod_template(
     labels: dict[str, str],
     store_endpoint: str | None,
     store_region: str | None,
-) -> k8s.V1PodTemplateSpec:
+) -> Obj:
     r = stage.resources
     nnodes = None if is_elastic(stage) else r.nodes  # elastic: the operator sets PET_NNODES=min:max
-    container = k8s.V1Container(
-        name=CONTAINER,
-        image=r.image or pipeline.image,
-        command=pod_command(stage, nnodes),
-        env=_env(pipeline, stage, attempt, store_endpoint, store_region),
-        resources=_resources(stage),
-        volume_mounts=[k8s.V1VolumeMount(name=SHM_VOLUME, mount_path="/dev/shm")],
-    )
-    shm = k8s.V1EmptyDirVolumeSource(medium="Memory", size_limit=r.shm_size)
-    spec = k8s.V1PodSpec(
-        containers=[container],
-        volumes=[k8s.V1Volume(name=SHM_VOLUME, empty_dir=shm)],
-        node_selector=dict(r.node_selector) or None,
-        tolerations=_tolerations(stage),
+    container = {
+        "command": launch_command(stage, nnodes=nnodes),
+        "env": _env(pipeline, stage, attempt, store_endpoint, store_region),
+        "image": r.image or pipeline.image,
+        "name": CONTAINER,
+        "resources": _resources(stage),
+        "volumeMounts": [{"mountPath": "/dev/shm", "name": SHM_VOLUME}],
+    }
+    shm = _compact(medium="Memory", sizeLimit=r.shm_size)
+    spec = _compact(
         affinity=_affinity(stage),
-        priority_class_name=r.priority_class,
-        termination_grace_period_seconds=TERMINATION_GRACE_SECONDS,
-        enable_service_links=False,
+        containers=[_compact(**container)],
+        enableServiceLinks=False,
+        nodeSelector=dict(r.node_selector) or None,
+        priorityClassName=r.priority_class,
+        terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
+        tolerations=_tolerations(stage),
+        volumes=[{"emptyDir": shm, "name": SHM_VOLUME}],
     )
-    return k8s.V1PodTemplateSpec(
-        metadata=k8s.V1ObjectMeta(labels=dict(labels), annotations={ANNOTATION_KIND: stage.kind}), spec=spec
-    )
+    return {"metadata": {"annotations": {ANNOTATION_KIND: stage.kind}, "labels": dict(labels)}, "spec": spec}
 
 
-def _run_policy(stage: Stage) -> kf.KubeflowOrgV1RunPolicy:
+def _run_policy(stage: Stage) -> Obj:
     s, r = stage.scheduling, stage.resources
     scheduling = None
     if s.gang or s.queue or s.min_available or s.priority_class:
         replicas = r.nodes
-        scheduling = kf.KubeflowOrgV1SchedulingPolicy(
+        scheduling = _compact(
             # A gang starts all its pods or none: no half-started jobs holding GPUs.
-            min_available=s.min_available or (elastic_bounds(stage)[0] if is_elastic(stage) else replicas),
+            minAvailable=s.min_available or (elastic_bounds(stage)[0] if is_elastic(stage) else replicas),
+            priorityClass=s.priority_class or r.priority_class,
             queue=s.queue,
-            priority_class=s.priority_class or r.priority_class,
         )
-    return kf.KubeflowOrgV1RunPolicy(
-        clean_pod_policy=s.clean_pod_policy,
-        ttl_seconds_after_finished=s.ttl_seconds_after_finished,
-        active_deadline_seconds=s.active_deadline_seconds,
-        backoff_limit=min(IN_PLACE_RESTARTS, stage.retry.max_infra_retries),
-        scheduling_policy=scheduling,
+    return _compact(
+        activeDeadlineSeconds=s.active_deadline_seconds,
+        backoffLimit=min(IN_PLACE_RESTARTS, stage.retry.max_infra_retries),
+        cleanPodPolicy=s.clean_pod_policy,
+        schedulingPolicy=scheduling,
+        ttlSecondsAfterFinished=s.ttl_seconds_after_finished,
     )
 
 
@@ -244,6 +230,18 @@ def spec_hash(manifest: dict[str, Any]) -> str:
     meta = manifest.get("metadata") or {}
     basis = {"spec": manifest.get("spec"), "labels": meta.get("labels") or {}}
     return hashlib.sha256(json.dumps(basis, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def _replica_spec(replicas: int, template: Obj) -> Obj:
+    """A replica type under restartPolicy ExitCode (see sailk8s.exitcodes).
+
+    The operator restarts a pod in place when it dies by a signal (code >= 128: SIGKILL, SIGTERM
+    on preemption) up to runPolicy.backoffLimit times, and fails the job at once for codes
+    1-127, which the controller then classifies (1 app, 2-5 permanent, 75 infra). That needs the
+    rank's own code: the container runs torchrun through `python -m jobs.launch`, as torchrun
+    alone exits 1 whatever its ranks returned. Each replica type gets its own template copy.
+    """
+    return {"replicas": replicas, "restartPolicy": "ExitCode", "template": copy.deepcopy(template)}
 
 
 def build_pytorchjob(
@@ -255,7 +253,11 @@ def build_pytorchjob(
     store_endpoint: str | None = None,
     store_region: str | None = None,
 ) -> dict[str, Any]:
-    """The PyTorchJob manifest (a JSON-ready dict) for one attempt of one stage."""
+    """The PyTorchJob manifest (a JSON-ready dict) for one attempt of one stage.
+
+    Elastic stages (scheduling.elastic_min_nodes / elastic_max_nodes) use Worker replicas only,
+    as the operator's elastic examples do: c10d rendezvous runs on worker-0, every node is a peer.
+    """
     if attempt < 1:
         raise ConfigError(f"attempt must be >= 1, got {attempt}")
     r = stage.resources
@@ -267,44 +269,30 @@ def build_pytorchjob(
     elastic_policy = None
     if is_elastic(stage):
         lo, hi = elastic_bounds(stage)
-        replica_specs = {
-            "Worker": kf.KubeflowOrgV1ReplicaSpec(
-                replicas=r.nodes, restart_policy="ExitCode", template=template
-            )
+        replica_specs = {"Worker": _replica_spec(r.nodes, template)}
+        elastic_policy = {
+            "maxReplicas": hi,
+            "maxRestarts": min(IN_PLACE_RESTARTS, stage.retry.max_infra_retries),
+            "minReplicas": lo,
+            "rdzvBackend": "c10d",
         }
-        elastic_policy = kf.KubeflowOrgV1ElasticPolicy(
-            min_replicas=lo,
-            max_replicas=hi,
-            rdzv_backend="c10d",
-            max_restarts=min(IN_PLACE_RESTARTS, stage.retry.max_infra_retries),
-        )
     else:
-        replica_specs = {
-            "Master": kf.KubeflowOrgV1ReplicaSpec(replicas=1, restart_policy="ExitCode", template=template)
-        }
+        replica_specs = {"Master": _replica_spec(1, template)}
         if r.nodes > 1:
-            replica_specs["Worker"] = kf.KubeflowOrgV1ReplicaSpec(
-                replicas=r.nodes - 1, restart_policy="ExitCode", template=template
-            )
-    job = kf.KubeflowOrgV1PyTorchJob(
-        api_version=API_VERSION,
-        kind=KIND,
-        metadata=k8s.V1ObjectMeta(
-            name=attempt_name(pipeline.run, stage.name, attempt),
-            namespace=namespace or pipeline.namespace,
-            labels=labels,
-            annotations={ANNOTATION_KIND: stage.kind},
-        ),
-        spec=kf.KubeflowOrgV1PyTorchJobSpec(
-            nproc_per_node=str(r.nproc_per_node),
-            pytorch_replica_specs=replica_specs,
-            run_policy=_run_policy(stage),
-            elastic_policy=elastic_policy,
-        ),
+            replica_specs["Worker"] = _replica_spec(r.nodes - 1, template)
+    metadata = _compact(
+        annotations={ANNOTATION_KIND: stage.kind},
+        labels=labels,
+        name=attempt_name(pipeline.run, stage.name, attempt),
+        namespace=namespace or pipeline.namespace,
     )
-    manifest: dict[str, Any] = k8s.ApiClient().sanitize_for_serialization(job)
-    if manifest["metadata"].get("namespace") is None:
-        manifest["metadata"].pop("namespace", None)
+    spec = _compact(
+        elasticPolicy=elastic_policy,
+        nprocPerNode=str(r.nproc_per_node),
+        pytorchReplicaSpecs=replica_specs,
+        runPolicy=_run_policy(stage),
+    )
+    manifest: Obj = {"apiVersion": API_VERSION, "kind": KIND, "metadata": metadata, "spec": spec}
     manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH] = spec_hash(manifest)
     return manifest
 

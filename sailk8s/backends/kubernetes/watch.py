@@ -1,8 +1,4 @@
-"""A list+watch cache of the objects one list call returns, kept current on a background thread.
-
-Watches resume from the last resourceVersion after a dropped connection, re-list on 410 Gone,
-and use bookmarks; a failure that outlasts the retry budget is kept in `error` for the reader.
-"""
+"""A list+watch cache of the objects one list call returns, kept current on a background thread."""
 
 from __future__ import annotations
 
@@ -15,15 +11,19 @@ from typing import Any
 
 import structlog
 import urllib3.exceptions
-from kubernetes.client.exceptions import ApiException
-from kubernetes.watch.watch import iter_resp_lines
 
-from sailk8s.backends.kube_errors import Call, call_api, final_error, gave_up_error, is_transient
+from sailk8s.backends.kubernetes.client import Listing, response_lines
+from sailk8s.backends.kubernetes.errors import (
+    KubeApiError,
+    call_api,
+    final_error,
+    gave_up_error,
+    is_transient,
+)
 from sailk8s.errors import BackendError
 
 log = structlog.get_logger(__name__)
 Obj = dict[str, Any]
-ListFn = Callable[..., Any]
 
 
 class _Gone(Exception):
@@ -31,12 +31,16 @@ class _Gone(Exception):
 
 
 class ObjectWatch:
-    """Objects of one list call by name, current through a watch; `on_change` fires on each update."""
+    """Objects of one list call by name, current through a watch; `on_change` fires on each update.
+
+    The watch resumes from the last resourceVersion after a dropped connection, lists again on
+    410 Gone and asks for bookmarks; a failure that outlasts the retry budget is kept in `error`
+    for the reader.
+    """
 
     def __init__(
         self,
-        list_fn: ListFn,
-        call: Call,
+        listing: Listing,
         *,
         host: str,
         deadline_s: float,
@@ -44,8 +48,8 @@ class ObjectWatch:
         watch_timeout: int = 3600,
         on_event: Callable[[str, Obj], None] | None = None,
     ) -> None:
-        self._list_fn = list_fn
-        self._call = call
+        self._listing = listing
+        self._call = listing.call
         self._host = host
         self._deadline_s = deadline_s
         self._on_change = on_change
@@ -61,7 +65,7 @@ class ObjectWatch:
         self.error: BackendError | None = None
         self.relists = 0
         self.reconnects = 0
-        self._thread = threading.Thread(target=self._run, name=f"watch-{call.resource}", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=f"watch-{listing.call.resource}", daemon=True)
 
     def start(self) -> ObjectWatch:
         self._thread.start()
@@ -83,7 +87,7 @@ class ObjectWatch:
 
     def _relist(self) -> None:
         resp = call_api(
-            lambda: self._list_fn(_preload_content=False),
+            self._listing.list_response,
             self._call,
             host=self._host,
             deadline_s=self._deadline_s,
@@ -97,20 +101,13 @@ class ObjectWatch:
         self._on_change()
 
     def _stream(self) -> None:
-        resp = self._list_fn(
-            watch=True,
-            resource_version=self.resource_version,
-            allow_watch_bookmarks=True,
-            timeout_seconds=self._watch_timeout,
-            _preload_content=False,
-            _request_timeout=(10, self._watch_timeout + 30),
-        )
+        resp = self._listing.watch_response(self.resource_version, self._watch_timeout)
         self._resp = resp
         done = False
         try:
             if self._stop.is_set():  # stop() ran before it could see this stream: end it here
                 return
-            for line in iter_resp_lines(resp):
+            for line in response_lines(resp):
                 if self._stop.is_set():
                     return
                 event = json.loads(line)
@@ -118,7 +115,7 @@ class ObjectWatch:
                 if kind == "ERROR":
                     if obj.get("code") == 410:
                         raise _Gone()
-                    raise ApiException(status=obj.get("code") or 500, reason=obj.get("reason"))
+                    raise KubeApiError(obj.get("code") or 500, obj.get("reason"))
                 meta = obj.get("metadata") or {}
                 with self._lock:
                     self.resource_version = meta.get("resourceVersion") or self.resource_version
@@ -160,7 +157,7 @@ class ObjectWatch:
             except BackendError as err:
                 self._fail(err)
                 return
-            except ApiException as err:
+            except KubeApiError as err:
                 if err.status == 410:
                     self.resource_version = None
                     continue

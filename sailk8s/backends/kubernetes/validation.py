@@ -1,9 +1,4 @@
-"""Check PyTorchJob manifests against the upstream CRD schema and the operator's webhook rules.
-
-The CRD file (kubeflow.org_pytorchjobs.yaml of Training Operator v1.9) is data we do not ship:
-pass its path, set SAIL_PYTORCHJOB_CRD, or keep it at ../shared/crds beside the repository.
-jsonschema (the `test` extra) is imported only when a schema check runs.
-"""
+"""Check PyTorchJob manifests against the upstream CRD schema and the operator's webhook rules."""
 
 from __future__ import annotations
 
@@ -36,13 +31,16 @@ class ManifestInvalid(BackendError):
 
 
 def find_crd(path: str | os.PathLike[str] | None = None) -> Path | None:
-    """The CRD file: the given path, $SAIL_PYTORCHJOB_CRD, or ../shared/crds from the repo root."""
+    """The CRD file: the given path, $SAIL_PYTORCHJOB_CRD, or ../shared/crds from the repo root.
+
+    The CRD (kubeflow.org_pytorchjobs.yaml of Training Operator v1.9) is data we do not ship.
+    """
     if path is not None:
         return Path(path)
     env = os.environ.get(CRD_ENV)
     if env:
         return Path(env)
-    repo_root = Path(__file__).resolve().parents[2]
+    repo_root = Path(__file__).resolve().parents[3]
     candidate = repo_root.parent / "shared" / "crds" / CRD_FILE
     return candidate if candidate.is_file() else None
 

@@ -1,5 +1,5 @@
-"""Kubernetes API errors: which are transient (retried with tenacity, bounded), and one clear
-message for each that a user must fix (forbidden, namespace missing, CRD not installed...)."""
+"""Kubernetes API failures: which are transient (retried, bounded), and one clear message for each
+that a user must fix (forbidden, namespace missing, CRD not installed...)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ from typing import Any, TypeVar
 
 import structlog
 import urllib3.exceptions
-from kubernetes.client.exceptions import ApiException
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_before_delay, wait_random_exponential
 
 from sailk8s.errors import BackendError
@@ -25,6 +24,16 @@ CRD_MISSING = (
     "install the Kubeflow Training Operator v1.9: kubectl apply --server-side -k "
     '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0"'
 )
+
+
+class KubeApiError(Exception):
+    """An answer other than success from the API server (the client's ApiException, translated)."""
+
+    def __init__(self, status: int, reason: str | None = None, body: str | None = None) -> None:
+        super().__init__(f"({status}) {reason or ''}".rstrip())
+        self.status = status
+        self.reason = reason
+        self.body = body
 
 
 @dataclass(frozen=True)
@@ -46,12 +55,12 @@ class Call:
 
 def is_transient(err: BaseException) -> bool:
     """Retry 5xx/429 answers and connection-level failures; everything else is final."""
-    if isinstance(err, ApiException):
+    if isinstance(err, KubeApiError):
         return err.status in TRANSIENT_STATUS or err.status == 0
     return isinstance(err, urllib3.exceptions.HTTPError | ConnectionError | TimeoutError)
 
 
-def status_body(err: ApiException) -> dict[str, Any]:
+def status_body(err: KubeApiError) -> dict[str, Any]:
     """The API's Status object from an error body ({} when the body is not JSON)."""
     try:
         body = json.loads(err.body or "{}")
@@ -60,20 +69,20 @@ def status_body(err: ApiException) -> dict[str, Any]:
     return body if isinstance(body, dict) else {}
 
 
-def server_message(err: ApiException) -> str:
+def server_message(err: KubeApiError) -> str:
     """The API's one-line message, or the HTTP reason."""
     return str(status_body(err).get("message") or err.reason or f"HTTP {err.status}")
 
 
 def is_object_not_found(err: BaseException, resource: str) -> bool:
     """A 404 about a named object of `resource` (not a missing namespace or API)."""
-    if not isinstance(err, ApiException) or err.status != 404:
+    if not isinstance(err, KubeApiError) or err.status != 404:
         return False
     details = status_body(err).get("details") or {}
     return details.get("kind") == resource and bool(details.get("name"))
 
 
-def namespace_missing(err: ApiException) -> str | None:
+def namespace_missing(err: KubeApiError) -> str | None:
     """The namespace a 404 says is missing, if that is what it says."""
     details = status_body(err).get("details") or {}
     if details.get("kind") == "namespaces" and details.get("name"):
@@ -90,7 +99,7 @@ def namespace_missing_message(namespace: str) -> str:
 
 def final_error(err: BaseException, call: Call, host: str) -> BackendError:
     """One readable BackendError for a non-transient failure (404s are the caller's to explain)."""
-    if isinstance(err, ApiException):
+    if isinstance(err, KubeApiError):
         msg = server_message(err)
         if err.status == 401:
             return BackendError(
@@ -117,7 +126,7 @@ def final_error(err: BaseException, call: Call, host: str) -> BackendError:
 def gave_up_error(err: BaseException, call: Call, host: str, attempts: int, elapsed: float) -> BackendError:
     """The message once transient failures outlast the retry budget."""
     tail = f"(gave up after {attempts} attempt(s) in {elapsed:.1f}s)"
-    if isinstance(err, ApiException) and err.status:
+    if isinstance(err, KubeApiError) and err.status:
         return BackendError(
             f"the Kubernetes API at {host} kept failing on {call.describe()}: "
             f"{err.status} {err.reason} {tail}"
@@ -137,7 +146,7 @@ def one_line(err: BaseException) -> str:
 def call_api(fn: Callable[[], T], call: Call, *, host: str, deadline_s: float, translate: bool = True) -> T:
     """Run one API call, retrying transient failures for up to deadline_s seconds.
 
-    With translate=False a final ApiException propagates unchanged (callers that handle 404
+    With translate=False a final KubeApiError propagates unchanged (callers that handle 404
     or 409 themselves); transient failures that outlast the budget always become BackendError.
     """
     start = time.monotonic()
@@ -172,6 +181,6 @@ def call_api(fn: Callable[[], T], call: Call, *, host: str, deadline_s: float, t
     except Exception as err:
         if is_transient(err):
             raise gave_up_error(err, call, host, attempts, time.monotonic() - start) from err
-        if not translate and isinstance(err, ApiException):
+        if not translate and isinstance(err, KubeApiError):
             raise
         raise final_error(err, call, host) from err

@@ -1,17 +1,4 @@
-"""LocalBackend: runs a stage attempt as local processes with the same env contract as a pod.
-
-Each attempt gets a directory `<root>/<store-hash>/<run>/<stage>/<attempt>/` (root:
-$SAIL_LOCAL_DIR or ~/.cache/sail-pipeline/local) holding:
-    supervisor.json   pid (+ start time, against pid reuse) of the attempt's supervisor
-    child.json        pid/process group of the command
-    attempt.log       all ranks, `[rank r] ` prefixed; logs/rank-<r>.log one per rank
-    exit.json         exit code, cancelled flag, last log line: written once it is over
-The command is `torchrun --standalone --nproc-per-node=N --tee=3 -m jobs.<kind>`
-(sailk8s.envcontract.stage_command; N = nodes x procs, all on this machine), or plain
-`python -m jobs.<kind>` when N is 1 (same env, no torchrun start-up). It runs under
-sailk8s.backends.localrun, detached in its own session, so it survives a killed controller.
-Creating the directory is the claim: a second submit of the same attempt adopts it.
-"""
+"""LocalBackend: runs a stage attempt as local processes with the same command and env as a pod."""
 
 from __future__ import annotations
 
@@ -28,13 +15,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from sailk8s.backends.archive import archived_logs
 from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
-from sailk8s.backends.procs import pid_alive, proc_start_time
-from sailk8s.backends.storelock import StoreRunLock
-from sailk8s.envcontract import stage_command, stage_env
-from sailk8s.errors import BackendError, ObjectNotFound, StoreError
+from sailk8s.backends.local import supervisor
+from sailk8s.backends.local.procs import kill_tree, pid_alive, proc_start_time
+from sailk8s.backends.local.storelock import StoreRunLock
+from sailk8s.envcontract import launch_command, stage_env
+from sailk8s.errors import BackendError
 from sailk8s.exitcodes import FailureClass, classify_exit_code
-from sailk8s.runstate import attempt_logs_prefix, rank_log_key
 from sailk8s.spec import Pipeline, Stage
 from sailk8s.store.base import ObjectStore
 
@@ -44,8 +32,8 @@ _FOLLOW_POLL = 0.2
 
 
 # An enclosing job's rendezvous (a controller run inside a pod or under torchrun, a test that
-# trained in-process) must not leak into the attempt: torchrun --standalone, or the single
-# process, makes its own. A leaked MASTER_PORT still held by its owner fails every attempt.
+# trained in-process) must not leak into the attempt: the launcher's --standalone rendezvous
+# makes its own. A leaked MASTER_PORT still held by its owner fails every attempt.
 RENDEZVOUS_VARS = frozenset({
     "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE",
     "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME",
@@ -75,7 +63,18 @@ def _signal_name(code: int) -> str:
 
 
 class LocalBackend(Backend):
-    """Stage attempts as local (torchrun) process groups; status from their supervisor's files."""
+    """Stage attempts as local process groups under a supervisor; status from the supervisor's files.
+
+    Each attempt gets a directory `<root>/<store-hash>/<run>/<stage>/<attempt>/` (root:
+    $SAIL_LOCAL_DIR or ~/.cache/sail-pipeline/local) holding:
+        supervisor.json   pid (+ start time, against pid reuse) of the attempt's supervisor
+        child.json        pid/process group of the command (the launcher)
+        attempt.log       all ranks, `[rank r] ` prefixed; logs/rank-<r>.log one per rank
+        exit.json         exit code, cancelled flag, last log line: written once it is over
+    The command is the pod's (see `command`); it runs under sailk8s.backends.local.supervisor,
+    detached in its own session, so it survives a killed controller. Creating the directory is
+    the claim: a second submit of the same attempt adopts it.
+    """
 
     name = "local"
 
@@ -103,23 +102,18 @@ class LocalBackend(Backend):
         return self.root / self._store_tag / ref.run / ref.stage / str(ref.attempt)
 
     def command(self, stage: Stage) -> list[str]:
-        """The stage command for this machine: torchrun --standalone, or python -m for one process."""
+        """The pod's command (`python -m jobs.launch ... -m jobs.<kind>`), made for one machine.
+
+        Every node's processes run here (N = nodes x procs) behind a standalone rendezvous, and
+        `--tee=3` tags each output line with its rank. The launcher exits with the first failed
+        rank's own code (128+N for a signal), as it does in a pod.
+        """
         nproc = stage.resources.world_size
-        module = f"{self.jobs_package}.{stage.kind}"
-        if nproc == 1:
-            return [self.python, "-m", module]
-        base = stage_command(stage)  # torchrun --nproc-per-node=N -m jobs.<kind>
-        args = [a for a in base[1:] if not a.startswith("--nproc-per-node")]
-        args = [module if a == f"jobs.{stage.kind}" else a for a in args]
-        return [
-            self.python,
-            "-m",
-            "torch.distributed.run",
-            "--standalone",
-            f"--nproc-per-node={nproc}",
-            "--tee=3",
-            *args,
-        ]
+        pod = launch_command(stage)  # python -m jobs.launch --nproc-per-node=P -m jobs.<kind>
+        launcher = pod[1:3]
+        args = [a for a in pod[3:] if not a.startswith("--nproc-per-node")]
+        args = [f"{self.jobs_package}.{stage.kind}" if a == f"jobs.{stage.kind}" else a for a in args]
+        return [self.python, *launcher, "--standalone", f"--nproc-per-node={nproc}", "--tee=3", *args]
 
     # -- Backend --------------------------------------------------------------------------
     def submit(self, pipeline: Pipeline, stage: Stage, attempt: int) -> AttemptRef:
@@ -138,7 +132,7 @@ class LocalBackend(Backend):
         cmd = [
             self.python,
             "-m",
-            "sailk8s.backends.localrun",
+            supervisor.__name__,
             "--grace",
             str(self.grace_seconds),
             str(d),
@@ -298,10 +292,8 @@ class LocalBackend(Backend):
                 return
         # The supervisor did not answer: kill everything and record the cancel ourselves.
         for rec in (_read_json(d / "child.json"), sup):
-            if rec is None:
-                continue
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(int(rec["pid"]), signal.SIGKILL)
+            if rec is not None:
+                kill_tree(int(rec["pid"]), signal.SIGKILL)
         tmp = d / ".exit.json.tmp"
         tmp.write_text(
             json.dumps(
@@ -348,29 +340,17 @@ class LocalBackend(Backend):
 
     def _archived(self, ref: AttemptRef, rank: int | None) -> Iterator[str]:
         """Logs archived in the store once the local files are gone (other machine, cleaned up)."""
-        try:
-            if rank is not None:
-                keys = [(rank, rank_log_key(ref.run, ref.stage, ref.attempt, rank))]
-            else:
-                found = list(self.store.list(attempt_logs_prefix(ref.run, ref.stage, ref.attempt)))
-                keys = sorted(
-                    (int(k.rsplit("rank-", 1)[1].removesuffix(".log")), k)
-                    for k in found
-                    if k.endswith(".log") and "rank-" in k
-                )
-            if not keys:
-                raise ObjectNotFound(f"no archived logs for {ref.name}")
-            for r, key in keys:
-                for line in self.store.get(key).decode("utf-8", errors="replace").splitlines():
-                    yield line if rank is not None else f"[rank {r}] {line}"
-        except ObjectNotFound:
-            which = "" if rank is None else f" for rank {rank}"
-            where = self.store.describe(attempt_logs_prefix(ref.run, ref.stage, ref.attempt))
-            raise BackendError(
+        which = "" if rank is None else f" for rank {rank}"
+        yield from archived_logs(
+            self.store,
+            ref,
+            rank,
+            label_single=True,  # as attempt.log: every line names its rank
+            missing=lambda where: (
                 f"no logs{which} for attempt {ref.name}: neither local files nor an archive at {where}"
-            ) from None
-        except StoreError as err:
-            raise BackendError(f"cannot read the archived logs of {ref.name}: {err}") from None
+            ),
+        )
 
     def run_lock(self, run: str, holder: str, lease_seconds: float = 30.0) -> RunLock:
+        """A lease object in the store at runs/<run>/lock (see StoreRunLock)."""
         return StoreRunLock(self.store, run, holder, lease_seconds)

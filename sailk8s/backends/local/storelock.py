@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sailk8s.backends.base import LockLost, RunLock
-from sailk8s.backends.procs import pid_alive
+from sailk8s.backends.local.procs import pid_alive
 from sailk8s.errors import ObjectNotFound
 from sailk8s.runstate import lock_key
 from sailk8s.store.base import ObjectStore
@@ -102,7 +102,3 @@ class StoreRunLock(RunLock):
     def current_holder(self) -> str | None:
         lease = self._read()
         return str(lease.get("holder")) if lease and self._live(lease) else None
-
-    def held_by_other(self) -> bool:
-        """Whether a live controller other than us holds the lease now (no write)."""
-        return self._live(self._read())

@@ -1,24 +1,4 @@
-"""Pure: a PyTorchJob and its pods (JSON dicts as the API returns them) -> one AttemptStatus.
-
-The job's conditions alone miss what users complain about (a job "Running" after its node is
-gone, a gang half-started for hours, an image that will never pull), so the pods are read too:
-
-| pod evidence                                   | phase  | reason            | class     |
-|------------------------------------------------|--------|-------------------|-----------|
-| DisruptionTarget PreemptionBy*                 | Failed | Preempted         | infra     |
-| DisruptionTarget DeletionByTaintManager/PodGC, | Failed | NodeLost          | infra     |
-|   status.reason NodeLost, NotReady node > N s  |        |                   |           |
-| status.reason Evicted, EvictionByEvictionAPI,  | Failed | Evicted           | infra     |
-|   TerminationByKubelet                         |        |                   |           |
-| ErrImagePull, ImagePullBackOff, InvalidImage.. | Failed | ImagePullBackOff..| permanent |
-| CreateContainerConfigError (missing Secret...) | Failed | CreateContainer.. | permanent |
-| terminated OOMKilled (now or last state)       | Failed | OOMKilled         | app       |
-| CrashLoopBackOff                               | Failed | CrashLoopBackOff  | by exit code, else app |
-| PodScheduled=False Unschedulable > N s         | Failed | Unschedulable     | infra     |
-
-OOMKilled is `app`, not `infra`: the container outgrew its own memory limit, so the fix is in
-the stage (batch size, resources.memory), and in-place restarts would only repeat it.
-"""
+"""Pure: a PyTorchJob and its pods (JSON dicts as the API returns them) -> one AttemptStatus."""
 
 from __future__ import annotations
 
@@ -28,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sailk8s.backends.base import AttemptStatus, Phase
-from sailk8s.backends.manifest import CONTAINER, LABEL_REPLICA_INDEX, LABEL_REPLICA_TYPE
+from sailk8s.backends.kubernetes.manifest import CONTAINER, LABEL_REPLICA_INDEX, LABEL_REPLICA_TYPE
 from sailk8s.exitcodes import FailureClass, classify_exit_code
 
 Obj = dict[str, Any]
@@ -201,7 +181,27 @@ def pod_verdict(
     unschedulable_after: float = DEFAULT_UNSCHEDULABLE_AFTER,
     node_lost_after: float = DEFAULT_NODE_LOST_AFTER,
 ) -> PodVerdict | None:
-    """The most telling thing one pod says, or None if it looks healthy."""
+    """The most telling thing one pod says, or None if it looks healthy.
+
+    The job's conditions alone miss what users complain about (a job "Running" after its node is
+    gone, a gang half-started for hours, an image that will never pull), so the pods are read too:
+
+    | pod evidence                                   | phase  | reason            | class     |
+    |------------------------------------------------|--------|-------------------|-----------|
+    | DisruptionTarget PreemptionBy*                 | Failed | Preempted         | infra     |
+    | DisruptionTarget DeletionByTaintManager/PodGC, | Failed | NodeLost          | infra     |
+    |   status.reason NodeLost, NotReady node > N s  |        |                   |           |
+    | status.reason Evicted, EvictionByEvictionAPI,  | Failed | Evicted           | infra     |
+    |   TerminationByKubelet                         |        |                   |           |
+    | ErrImagePull, ImagePullBackOff, InvalidImage.. | Failed | ImagePullBackOff..| permanent |
+    | CreateContainerConfigError (missing Secret...) | Failed | CreateContainer.. | permanent |
+    | terminated OOMKilled (now or last state)       | Failed | OOMKilled         | app       |
+    | CrashLoopBackOff                               | Failed | CrashLoopBackOff  | by exit code, else app |
+    | PodScheduled=False Unschedulable > N s         | Failed | Unschedulable     | infra     |
+
+    OOMKilled is `app`, not `infra`: the container outgrew its own memory limit, so the fix is in
+    the stage (batch size, resources.memory), and in-place restarts would only repeat it.
+    """
     name = str((pod.get("metadata") or {}).get("name", "?"))
     conds = _conditions(pod)
     return (
@@ -237,7 +237,7 @@ def derive_status(
     node_lost_after: float = DEFAULT_NODE_LOST_AFTER,
     seen: Iterable[PodVerdict] = (),
 ) -> AttemptStatus:
-    """One status from the job's conditions and its pods' states (see the module table).
+    """One status from the job's conditions and its pods' states (pod evidence: see pod_verdict).
 
     `seen` holds fatal verdicts a watcher saw on pod states that no longer exist (an OOMKilled
     pod the operator already recreated): they still decide the attempt, unless it succeeded.

@@ -1,0 +1,330 @@
+"""KubernetesBackend: each stage attempt is a Kubeflow PyTorchJob (kubeflow.org/v1)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import structlog
+
+from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
+from sailk8s.backends.kubernetes import status as kube_status
+from sailk8s.backends.kubernetes.client import Configuration, KubeClient
+from sailk8s.backends.kubernetes.lease import LeaseRunLock
+from sailk8s.backends.kubernetes.logs import PodLogs, ranked_pods
+from sailk8s.backends.kubernetes.manifest import ANNOTATION_SPEC_HASH, build_pytorchjob, label_selector
+from sailk8s.backends.kubernetes.validation import ManifestInvalid, webhook_errors
+from sailk8s.backends.kubernetes.watch import ObjectWatch
+from sailk8s.errors import BackendError, SailError
+from sailk8s.settings import Settings
+from sailk8s.spec import Pipeline, Stage
+from sailk8s.store.base import ObjectStore
+
+log = structlog.get_logger(__name__)
+Obj = dict[str, Any]
+
+
+class KubernetesBackend(Backend):
+    """Runs stage attempts as PyTorchJobs; see the Backend contract for each method.
+
+    Manifests come from the pure manifest.build_pytorchjob, statuses from the pure
+    status.derive_status, and every API request goes through one KubeClient.
+    """
+
+    name = "kubernetes"
+
+    def __init__(
+        self,
+        *,
+        namespace: str | None = None,
+        settings: Settings | None = None,
+        configuration: Configuration | None = None,
+        store: ObjectStore | None = None,
+        retry_seconds: float = 60.0,
+        unschedulable_after: float = kube_status.DEFAULT_UNSCHEDULABLE_AFTER,
+        node_lost_after: float = kube_status.DEFAULT_NODE_LOST_AFTER,
+        watch_timeout: int = 3600,
+        recheck_seconds: float = 30.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings or Settings()
+        self.namespace = namespace or self.settings.namespace
+        self.client = KubeClient(
+            configuration, context=self.settings.kube_context, retry_seconds=retry_seconds
+        )
+        self.host = self.client.host
+        self.store = store
+        self.pod_logs = PodLogs(self.client, store)
+        self.retry_seconds = retry_seconds
+        self.unschedulable_after = unschedulable_after
+        self.node_lost_after = node_lost_after
+        self.watch_timeout = watch_timeout
+        # Local re-evaluation interval while waiting (no API request: only time-based verdicts).
+        self.recheck_seconds = recheck_seconds
+        self.clock = clock
+        self._namespaces: dict[str, str] = {}
+        self._cancelled: set[str] = set()
+
+    @classmethod
+    def for_pipeline(
+        cls, pipeline: Pipeline, settings: Settings | None = None, **kwargs: Any
+    ) -> KubernetesBackend:
+        """A backend in the pipeline's namespace (else SAIL_NAMESPACE)."""
+        settings = settings or Settings()
+        return cls(namespace=pipeline.namespace or settings.namespace, settings=settings, **kwargs)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _ns(self, ref: AttemptRef) -> str:
+        return self._namespaces.get(ref.name, self.namespace)
+
+    def _list_pods(self, ref: AttemptRef, namespace: str) -> list[Obj]:
+        pods = self.client.list_pods(namespace, label_selector(ref.run, ref.stage, ref.attempt))
+        return sorted(pods, key=kube_status.pod_order_key)
+
+    def _derive(
+        self, job: Obj | None, pods: list[Obj], seen: list[kube_status.PodVerdict] | None = None
+    ) -> AttemptStatus:
+        return kube_status.derive_status(
+            job,
+            pods,
+            now=self.clock(),
+            unschedulable_after=self.unschedulable_after,
+            node_lost_after=self.node_lost_after,
+            seen=seen or (),
+        )
+
+    # -- Backend ---------------------------------------------------------------------------
+
+    def manifest(self, pipeline: Pipeline, stage: Stage, attempt: int) -> Obj:
+        """The exact PyTorchJob this backend submits for the attempt (pure, no API call)."""
+        return build_pytorchjob(
+            pipeline,
+            stage,
+            attempt,
+            namespace=pipeline.namespace or self.namespace,
+            store_endpoint=self.settings.store_endpoint,
+            store_region=self.settings.store_region,
+        )
+
+    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int) -> AttemptRef:
+        """Create the PyTorchJob; on 409 adopt the existing one if its spec hash matches."""
+        manifest = self.manifest(pipeline, stage, attempt)
+        problems = webhook_errors(manifest)
+        if problems:
+            raise ManifestInvalid(manifest["metadata"]["name"], problems)
+        name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
+        ref = AttemptRef(pipeline.run, stage.name, attempt)
+        if self.client.create_job(ns, manifest):
+            log.info("submitted PyTorchJob", job=name, namespace=ns)
+        else:
+            self._adopt(manifest, name, ns)
+        self._namespaces[ref.name] = ns
+        self._cancelled.discard(ref.name)
+        return ref
+
+    def _adopt(self, manifest: Obj, name: str, ns: str) -> None:
+        existing = self.client.get_job(ns, name)
+        if existing is None:  # deleted between our create and get: a rare race, create again
+            self.client.create_job(ns, manifest, exist_ok=False)
+            return
+        want = manifest["metadata"]["annotations"][ANNOTATION_SPEC_HASH]
+        have = ((existing.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
+        if have != want:
+            raise BackendError(
+                f"PyTorchJob {name!r} already exists in namespace {ns!r} with a different spec "
+                f"(spec hash {have or 'none'} != {want}): it was not created from this pipeline file; "
+                f"delete it (kubectl delete pytorchjob {name} -n {ns}) or use another run name"
+            )
+        log.info("adopted existing PyTorchJob", job=name, namespace=ns)
+
+    def status(self, ref: AttemptRef) -> AttemptStatus:
+        ns = self._ns(ref)
+        job = self.client.get_job(ns, ref.name)
+        if job is None:
+            return self._missing(ref)
+        return self._derive(job, self._list_pods(ref, ns))
+
+    def _missing(self, ref: AttemptRef) -> AttemptStatus:
+        if ref.name in self._cancelled:
+            return AttemptStatus(Phase.CANCELLED, reason="Cancelled", message="cancelled")
+        return AttemptStatus(
+            Phase.UNKNOWN,
+            reason="NotFound",
+            message=f"no PyTorchJob {ref.name!r} in namespace {self._ns(ref)!r}",
+        )
+
+    def _watches(
+        self, ref: AttemptRef, ns: str, changed: threading.Event, seen: list[kube_status.PodVerdict]
+    ) -> tuple[ObjectWatch, ObjectWatch]:
+        """A watch on the attempt's job and one on its pods; fatal pod states are kept in `seen`."""
+
+        def on_pod_event(kind: str, pod: Obj) -> None:
+            verdict = kube_status.pod_verdict(
+                pod,
+                self.clock(),
+                unschedulable_after=self.unschedulable_after,
+                node_lost_after=self.node_lost_after,
+            )
+            if kind != "DELETED" and verdict is not None and verdict.fatal:
+                seen.append(verdict)
+
+        common: dict[str, Any] = {
+            "host": self.host,
+            "deadline_s": self.retry_seconds,
+            "on_change": changed.set,
+            "watch_timeout": self.watch_timeout,
+        }
+        sel = label_selector(ref.run, ref.stage, ref.attempt)
+        job_watch = ObjectWatch(self.client.job_listing(ns, ref.name), **common)
+        pod_watch = ObjectWatch(self.client.pod_listing(ns, sel), on_event=on_pod_event, **common)
+        return job_watch, pod_watch
+
+    def wait(self, ref: AttemptRef, timeout: float | None = None) -> AttemptStatus:
+        """Follow the job and its pods through watches until the attempt finishes.
+
+        A failure decided from pod evidence while the job still runs (lost node, image that
+        cannot be pulled, gang unschedulable too long) ends the job here, so no half-started
+        gang keeps holding GPUs; its pod logs are archived to the store first.
+        """
+        ns = self._ns(ref)
+        changed = threading.Event()
+        seen: list[kube_status.PodVerdict] = []
+        job_watch, pod_watch = self._watches(ref, ns, changed, seen)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job: Obj | None = None
+        st = AttemptStatus(Phase.PENDING, reason="Listing")
+        try:
+            job_watch.start()
+            pod_watch.start()
+            while True:
+                if _both_listed(job_watch, pod_watch):
+                    jobs = job_watch.objects()
+                    if not jobs:
+                        return self._vanished(ref)
+                    job = jobs[0]
+                    st = self._derive(job, pod_watch.objects(), list(seen))
+                    if st.phase.finished:
+                        break
+                if deadline is not None and time.monotonic() >= deadline:
+                    return st
+                changed.wait(self._wake_in(deadline, pod_watch.objects()))
+                changed.clear()
+        finally:
+            job_watch.stop()
+            pod_watch.stop()
+        # The job's watch can run ahead of the pods' watch (a Succeeded or Failed job whose pods,
+        # or their exit codes, the pod watch has not delivered yet): one fresh list settles it.
+        pods = self._settled_pods(ref, ns, pod_watch.objects())
+        if st.phase == Phase.FAILED and st.exit_code is None and job is not None and not seen:
+            st = self._derive(job, pods)
+        self.pod_logs.archive(ref, ns, pods)
+        if job is not None and not kube_status.job_finished(job):
+            log.warning("ending attempt failed on pod evidence", job=ref.name, reason=st.reason)
+            self.client.delete_job(ns, ref.name)
+        return st
+
+    def _settled_pods(self, ref: AttemptRef, ns: str, cached: list[Obj]) -> list[Obj]:
+        """The attempt's pods from a fresh list; the watch's cache when the list fails."""
+        try:
+            return self._list_pods(ref, ns)
+        except SailError as err:
+            log.warning("could not list pods; using the watch's view", job=ref.name, error=str(err))
+            return cached
+
+    def _vanished(self, ref: AttemptRef) -> AttemptStatus:
+        """The job is gone while we wait: cancelled by us, or deleted by someone else."""
+        st = self._missing(ref)
+        if st.phase == Phase.CANCELLED:
+            return st
+        return AttemptStatus(
+            Phase.CANCELLED, reason="Deleted", message=f"PyTorchJob {ref.name!r} was deleted"
+        )
+
+    def _wake_in(self, deadline: float | None, pods: list[Obj]) -> float:
+        wake = self.recheck_seconds
+        if deadline is not None:
+            wake = min(wake, max(0.0, deadline - time.monotonic()))
+        due = kube_status.next_deadline(
+            pods, unschedulable_after=self.unschedulable_after, node_lost_after=self.node_lost_after
+        )
+        if due is not None:
+            wake = min(wake, max(0.05, due - self.clock()))
+        return max(wake, 0.01)
+
+    def cancel(self, ref: AttemptRef) -> None:
+        """Archive the pods' logs, then delete the job with foreground propagation."""
+        ns = self._ns(ref)
+        self._cancelled.add(ref.name)
+        self.pod_logs.archive(ref, ns)
+        self.client.delete_job(ns, ref.name)
+        log.info("cancelled PyTorchJob", job=ref.name, namespace=ns)
+
+    def logs(self, ref: AttemptRef, *, follow: bool = False, rank: int | None = None) -> Iterator[str]:
+        """Live pod logs (rank 0 first), else the archive; follow streams one rank (0 by default),
+        waiting (by watch) for its pod to start."""
+        ns = self._ns(ref)
+        if follow:
+            rank = 0 if rank is None else rank
+            pod = self._started_pod(ref, ns, rank)
+            if pod is not None:
+                yield from self.pod_logs.follow(ref, ns, pod, rank)
+            else:
+                yield from self.pod_logs.archived(ref, rank)
+            return
+        chosen = [(r, p) for r, p in ranked_pods(self._list_pods(ref, ns)) if rank is None or r == rank]
+        if chosen:
+            for r, pod in chosen:
+                prefix = f"[rank {r}] " if len(chosen) > 1 else ""
+                for line in self.pod_logs.read(ns, pod):
+                    yield prefix + line
+            return
+        yield from self.pod_logs.archived(ref, rank)
+
+    def _started_pod(self, ref: AttemptRef, ns: str, rank: int) -> str | None:
+        """The rank's pod once its container has started; None when the job is gone without it.
+
+        An attempt that fails before that (image pull, unschedulable...) raises BackendError.
+        """
+        changed = threading.Event()
+        seen: list[kube_status.PodVerdict] = []
+        job_watch, pod_watch = self._watches(ref, ns, changed, seen)
+        try:
+            job_watch.start()
+            pod_watch.start()
+            while True:
+                listed = _both_listed(job_watch, pod_watch)
+                pods = pod_watch.objects()
+                if listed:
+                    jobs = job_watch.objects()
+                    if not jobs:
+                        return None
+                    by_name = {p["metadata"]["name"]: p for p in pods}
+                    for r, name in ranked_pods(pods):
+                        phase = (by_name[name].get("status") or {}).get("phase")
+                        if r == rank and phase in ("Running", "Succeeded", "Failed"):
+                            return name
+                    st = self._derive(jobs[0], pods, list(seen))
+                    if st.phase == Phase.FAILED:
+                        raise BackendError(f"{ref.name} failed before rank {rank} started: {st.message}")
+                    if st.phase.finished:
+                        return None
+                changed.wait(self._wake_in(None, pods))
+                changed.clear()
+        finally:
+            job_watch.stop()
+            pod_watch.stop()
+
+    def run_lock(self, run: str, holder: str, lease_seconds: float = 30.0) -> RunLock:
+        """A Lease named after the run in this backend's namespace (see LeaseRunLock)."""
+        return LeaseRunLock(self.client, self.namespace, run, holder, lease_seconds, clock=self.clock)
+
+
+def _both_listed(*watches: ObjectWatch) -> bool:
+    """Whether every watch has its first list; a watch that failed raises its error here."""
+    for w in watches:
+        if w.error is not None:
+            raise w.error
+    return all(w.listed.is_set() for w in watches)
