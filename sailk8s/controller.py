@@ -37,7 +37,7 @@ from sailk8s.exitcodes import FailureClass
 from sailk8s.failures import Action, decide, describe
 from sailk8s.ledger.claims import claim_outputs
 from sailk8s.ledger.results import StageResults
-from sailk8s.runstate import (
+from sailk8s.ledger.runstate import (
     BLOCKED,
     CANCELLED,
     DONE,

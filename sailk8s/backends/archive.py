@@ -2,26 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterator
 
 from sailk8s.backends.base import AttemptRef
 from sailk8s.errors import BackendError, StoreError
-from sailk8s.runstate import attempt_logs_prefix, rank_log_key
+from sailk8s.ledger.results import StageResults
 from sailk8s.store.base import ObjectStore
-
-_RANK_LOG = re.compile(r"rank-(\d+)\.log")
-
-
-def archived_ranks(store: ObjectStore, ref: AttemptRef) -> list[tuple[int, str]]:
-    """(rank, key) of every archived rank log of the attempt, rank 0 first (one listing)."""
-    found = []
-    for key in store.list(attempt_logs_prefix(ref.run, ref.stage, ref.attempt)):
-        m = _RANK_LOG.fullmatch(key.rsplit("/", 1)[-1])
-        # Only the ledger's own key for that rank counts: not a stray file that looks like one.
-        if m and key == rank_log_key(ref.run, ref.stage, ref.attempt, int(m.group(1))):
-            found.append((int(m.group(1)), key))
-    return sorted(found)
 
 
 def archived_logs(
@@ -38,13 +24,14 @@ def archived_logs(
     `label_single` (as the local backend's live log does). Nothing archived raises
     BackendError(missing(where)), the backend saying what else it looked at.
     """
+    results = StageResults(store, ref.run, ref.stage)
     try:
-        keys = [(r, k) for r, k in archived_ranks(store, ref) if rank is None or r == rank]
-        if not keys:
-            raise BackendError(missing(store.describe(attempt_logs_prefix(ref.run, ref.stage, ref.attempt))))
-        labelled = rank is None and (label_single or len(keys) > 1)
-        for r, key in keys:
-            text = store.get(key).decode("utf-8", errors="replace")
+        ranks = [r for r in results.archived_ranks(ref.attempt) if rank is None or r == rank]
+        if not ranks:
+            raise BackendError(missing(store.describe(results.paths.attempt_logs_prefix(ref.attempt))))
+        labelled = rank is None and (label_single or len(ranks) > 1)
+        for r in ranks:
+            text = (results.read_archived_log(ref.attempt, r) or b"").decode("utf-8", errors="replace")
             for line in text.splitlines():
                 yield f"[rank {r}] {line}" if labelled else line
     except StoreError as err:

@@ -7,7 +7,7 @@ import click
 from sailk8s.backends.base import AttemptRef
 from sailk8s.cli.runtools import FILE_OPTION, backend_for, open_pipeline_store, pipeline_for, settings_from
 from sailk8s.controller import default_holder
-from sailk8s.runstate import CANCELLED, TERMINAL, load_state, request_cancel, save_state
+from sailk8s.ledger.runstate import CANCELLED, TERMINAL, load_state, request_cancel, save_state
 
 
 @click.command()

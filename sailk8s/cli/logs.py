@@ -7,7 +7,7 @@ import click
 from sailk8s.backends.base import AttemptRef
 from sailk8s.cli.runtools import backend_for, open_pipeline_store, pipeline_for, settings_from
 from sailk8s.errors import ConfigError
-from sailk8s.runstate import load_state
+from sailk8s.ledger.runstate import load_state
 
 
 @click.command()

@@ -20,7 +20,7 @@ from sailk8s.cli.runtools import (
 )
 from sailk8s.errors import ObjectNotFound, SailError
 from sailk8s.ledger import StageResults
-from sailk8s.runstate import RunState, changed_definitions, load_state
+from sailk8s.ledger.runstate import RunState, changed_definitions, load_state
 from sailk8s.spec import Pipeline
 from sailk8s.store.base import ObjectStore
 

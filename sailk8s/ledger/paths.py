@@ -69,6 +69,10 @@ class RunPaths:
     def lock(self) -> str:
         return f"{self.root}/lock"
 
+    @property
+    def cancel(self) -> str:
+        return f"{self.root}/cancel.json"
+
     def stage(self, name: str) -> StagePaths:
         return StagePaths(self.run, name)
 

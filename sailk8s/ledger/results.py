@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -126,6 +127,12 @@ class StageResults:
         """Keep one rank's log of an attempt in the store; returns its key."""
         key = self.paths.attempt_log(attempt, rank)
         self.store.put(key, data)
+        return key
+
+    def archive_log_file(self, attempt: int, rank: int, path: str | os.PathLike[str]) -> str:
+        """`archive_log` from a local file (streamed); returns its key."""
+        key = self.paths.attempt_log(attempt, rank)
+        self.store.put_file(key, path)
         return key
 
     def archived_ranks(self, attempt: int) -> list[int]:

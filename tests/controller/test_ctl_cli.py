@@ -16,7 +16,7 @@ import yaml
 from ctl_support import CONTROLLERS, set_fake
 
 from sailk8s.cli.runtools import kubectl_lines
-from sailk8s.runstate import load_state
+from sailk8s.ledger.runstate import load_state
 from sailk8s.settings import Settings
 from sailk8s.spec import parse_pipeline
 from sailk8s.store.local import LocalStore

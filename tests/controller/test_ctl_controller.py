@@ -15,7 +15,14 @@ from sailk8s.backends.base import AttemptRef, LockHeld
 from sailk8s.backends.local.storelock import StoreRunLock
 from sailk8s.controller import Controller
 from sailk8s.errors import BackendError, ConfigError
-from sailk8s.runstate import AttemptRecord, RunState, StageState, load_state, request_cancel, save_state
+from sailk8s.ledger.runstate import (
+    AttemptRecord,
+    RunState,
+    StageState,
+    load_state,
+    request_cancel,
+    save_state,
+)
 from sailk8s.spec import Pipeline
 from sailk8s.store.local import LocalStore
 

@@ -11,7 +11,7 @@ from ctl_fakes import FakeBackend, FakeTime, make_pipeline
 from sailk8s.controller import Controller
 from sailk8s.errors import ConfigError
 from sailk8s.ledger.claims import OutputsClaimed, read_claims
-from sailk8s.runstate import AttemptRecord, RunState, StageState, load_state, save_state
+from sailk8s.ledger.runstate import AttemptRecord, RunState, StageState, load_state, save_state
 from sailk8s.store.local import LocalStore
 
 

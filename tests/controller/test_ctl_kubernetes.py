@@ -8,7 +8,7 @@ import pytest
 
 from sailk8s.backends.kubernetes.backend import KubernetesBackend
 from sailk8s.controller import Controller
-from sailk8s.runstate import load_state
+from sailk8s.ledger.runstate import load_state
 from sailk8s.spec import parse_pipeline
 from sailk8s.store.local import LocalStore
 from sailk8s.testing import FakeKubernetes, FakeTrainingOperator, behaviors

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from e2e_support import RUN, Cluster, events, sail, write_pipeline
 
-from sailk8s.runstate import load_state
+from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
 from sailk8s.testing import behaviors
 

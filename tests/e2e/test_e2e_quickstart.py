@@ -21,7 +21,8 @@ from e2e_support import (
     write_pipeline,
 )
 
-from sailk8s.runstate import load_state, rank_log_key
+from sailk8s.ledger.paths import StagePaths
+from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
 
 
@@ -90,7 +91,7 @@ def test_quickstart_on_the_fake_cluster_matches_the_local_backend(
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     wait_for(lambda: not cluster.pods(), timeout=30, what="the pods to be garbage-collected")
-    assert LocalStore(store).exists(rank_log_key(RUN, "recaption", 1, 0))
+    assert LocalStore(store).exists(StagePaths(RUN, "recaption").attempt_log(1, 0))
     logs = sail("logs", RUN, "recaption", "-p", str(path), env=env)
     assert logs.returncode == 0, logs.stderr
     assert "shard done" in logs.stdout and "rank=0" in logs.stdout and "report" in logs.stdout

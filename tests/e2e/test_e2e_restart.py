@@ -17,7 +17,7 @@ from e2e_support import (
     write_pipeline,
 )
 
-from sailk8s.runstate import load_state
+from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
 
 STAGE = "captioner"

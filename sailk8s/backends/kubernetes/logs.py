@@ -17,7 +17,7 @@ from sailk8s.backends.kubernetes.client import KubeClient, response_lines
 from sailk8s.backends.kubernetes.errors import one_line
 from sailk8s.backends.kubernetes.manifest import CONTAINER, LABEL_REPLICA_TYPE, label_selector, replica_rank
 from sailk8s.errors import BackendError, SailError
-from sailk8s.runstate import rank_log_key
+from sailk8s.ledger.results import StageResults
 from sailk8s.store.base import ObjectStore
 
 log = structlog.get_logger(__name__)
@@ -277,9 +277,8 @@ class PodLogs:
             for rank, pod in ranked_pods(pods):
                 text = "".join(line + "\n" for line in self.read(ns, pod))
                 if text:
-                    key = rank_log_key(ref.run, ref.stage, ref.attempt, rank)
-                    self.store.put(key, text.encode("utf-8"))
-                    written.append(key)
+                    results = StageResults(self.store, ref.run, ref.stage)
+                    written.append(results.archive_log(ref.attempt, rank, text.encode("utf-8")))
         except SailError as err:  # archiving must never turn a finished attempt into an error
             log.warning("could not archive pod logs", job=ref.name, error=str(err))
         return written

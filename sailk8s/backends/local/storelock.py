@@ -13,7 +13,7 @@ from typing import Any
 from sailk8s.backends.base import LockLost, RunLock
 from sailk8s.backends.local.procs import pid_alive
 from sailk8s.errors import ObjectNotFound
-from sailk8s.runstate import lock_key
+from sailk8s.ledger.paths import RunPaths
 from sailk8s.store.base import ObjectStore
 
 
@@ -44,7 +44,7 @@ class StoreRunLock(RunLock):
         self.clock = clock
         self.sleep = sleep
         self.settle_seconds = settle_seconds
-        self.key = lock_key(run)
+        self.key = RunPaths(run).lock
 
     def _read(self) -> dict[str, Any] | None:
         try:

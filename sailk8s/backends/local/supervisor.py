@@ -75,14 +75,14 @@ class LogSplitter:
 def archive_logs(directory: Path, env: dict[str, str]) -> str | None:
     """Copy the rank logs to the store; the error text if that failed (the attempt still ends)."""
     try:
-        from sailk8s.runstate import rank_log_key
+        from sailk8s.ledger.results import StageResults
         from sailk8s.store import open_store
 
         store = open_store(env["SAIL_STORE_URI"])
         attempt = int(env.get("SAIL_ATTEMPT", "1"))
+        results = StageResults(store, env["SAIL_RUN"], env["SAIL_STAGE"])
         for path in sorted((directory / "logs").glob("rank-*.log")):
-            rank = int(path.stem.split("-", 1)[1])
-            store.put_file(rank_log_key(env["SAIL_RUN"], env["SAIL_STAGE"], attempt, rank), path)
+            results.archive_log_file(attempt, int(path.stem.split("-", 1)[1]), path)
     except Exception as err:  # any failure here must not lose the exit record
         return f"{type(err).__name__}: {err}"
     return None

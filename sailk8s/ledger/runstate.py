@@ -1,8 +1,7 @@
-"""Run state persisted in the store (runs/<run>/state.json), cancel requests and run key helpers.
+"""Run state in the store (runs/<run>/state.json) and cancel requests: plain JSON, one writer at a time.
 
-The controller is the only writer of state.json while it holds the run lock; other commands
-(`status`, `cancel`, `submit --detach`) read it, and write it only when no live controller
-holds the lock. Everything here is plain JSON so people and other tools can read it.
+The controller writes state.json while it holds the run lock; `status`, `cancel` and `submit
+--detach` read it, and write it only when no live controller holds the lock.
 """
 
 from __future__ import annotations
@@ -15,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel, Field, ValidationError
 
 from sailk8s.errors import ObjectNotFound, StoreError
-from sailk8s.ledger import RunPaths, ShardLedger, StagePaths
+from sailk8s.ledger.paths import RunPaths
 from sailk8s.store.base import ObjectStore
 
 # Stage state words shown by `status` (attempt phases use sailk8s.backends.base.Phase).
@@ -29,36 +28,6 @@ BLOCKED = "blocked"  # a dependency failed or was cancelled
 CANCELLED = "cancelled"
 TERMINAL = frozenset({SUCCEEDED, SKIPPED, FAILED, BLOCKED, CANCELLED})
 DONE = frozenset({SUCCEEDED, SKIPPED})
-
-
-def state_key(run: str) -> str:
-    return RunPaths(run).state
-
-
-def lock_key(run: str) -> str:
-    return RunPaths(run).lock
-
-
-def cancel_key(run: str) -> str:
-    return f"{RunPaths(run).root}/cancel.json"
-
-
-def stage_key(run: str, stage: str, *parts: str) -> str:
-    """A key under runs/<run>/<stage>/ (ledger layout)."""
-    return StagePaths(run, stage).key(*parts)
-
-
-def attempt_logs_prefix(run: str, stage: str, attempt: int) -> str:
-    return StagePaths(run, stage).attempt_logs_prefix(attempt)
-
-
-def rank_log_key(run: str, stage: str, attempt: int, rank: int) -> str:
-    return StagePaths(run, stage).attempt_log(attempt, rank)
-
-
-def done_shards(store: ObjectStore, run: str, stage: str) -> int:
-    """How many shards of the stage have a done marker (one listing)."""
-    return len(ShardLedger(store, run, stage).done())
 
 
 class AttemptRecord(BaseModel):
@@ -123,20 +92,20 @@ class RunState(BaseModel):
 def load_state(store: ObjectStore, run: str) -> RunState | None:
     """The run's persisted state, or None if the run has none yet."""
     try:
-        raw = store.get(state_key(run))
+        raw = store.get(RunPaths(run).state)
     except ObjectNotFound:
         return None
     try:
         return RunState.model_validate_json(raw)
     except ValidationError as err:
-        raise StoreError(f"{store.describe(state_key(run))} is not a valid run state: "
+        raise StoreError(f"{store.describe(RunPaths(run).state)} is not a valid run state: "
                          f"{err.errors()[0]['msg']}") from None
 
 
 def save_state(store: ObjectStore, state: RunState, now: float | None = None) -> None:
     """Write state.json atomically (the store's put is atomic)."""
     state.updated_at = time.time() if now is None else now
-    store.put(state_key(state.run), state.model_dump_json(indent=1).encode())
+    store.put(RunPaths(state.run).state, state.model_dump_json(indent=1).encode())
 
 
 def request_cancel(store: ObjectStore, run: str, stage: str | None, now: float | None = None) -> None:
@@ -149,13 +118,13 @@ def request_cancel(store: ObjectStore, run: str, stage: str | None, now: float |
         if stage not in req["stages"]:
             req["stages"].append(stage)
     req["requested_at"] = time.time() if now is None else now
-    store.put(cancel_key(run), json.dumps(req).encode())
+    store.put(RunPaths(run).cancel, json.dumps(req).encode())
 
 
 def read_cancel(store: ObjectStore, run: str) -> dict[str, Any]:
     """The run's cancel request ({"all": bool, "stages": [...]}) or {} when none."""
     try:
-        data = json.loads(store.get(cancel_key(run)))
+        data = json.loads(store.get(RunPaths(run).cancel))
     except ObjectNotFound:
         return {}
     except (ValueError, UnicodeDecodeError):
@@ -170,7 +139,7 @@ def cancel_requested(req: dict[str, Any], stage: str) -> bool:
 
 def clear_cancel(store: ObjectStore, run: str) -> None:
     """Forget a cancel request (a new `run` or `submit` starts afresh)."""
-    store.delete(cancel_key(run))
+    store.delete(RunPaths(run).cancel)
 
 
 def changed_definitions(state: RunState, fingerprints: dict[str, str], names: Iterable[str]) -> list[str]:
