@@ -55,7 +55,7 @@ def run_ours(store: Path, run: str) -> tuple[int, float]:
     t0 = time.perf_counter()
     stage = StageRun.from_env(Config, env)
     chain = Chain(stage.typed(Config))
-    report = stage.run_map(make_processor(chain, {}), need_image=False)
+    report = stage.run_map(make_processor(chain, None), need_image=False)
     dt = time.perf_counter() - t0
     assert report is not None and report["samples_out"] == report["samples_in"]
     return report["samples_in"], dt
