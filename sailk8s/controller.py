@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -68,6 +69,11 @@ Event = dict[str, Any]
 
 class _Aborted(Exception):
     """The controller is stopping (lock lost or interrupted): leave attempts running for adoption."""
+
+
+def new_run_id() -> str:
+    """A fresh run identity (12 hex digits)."""
+    return uuid.uuid4().hex[:12]
 
 
 def default_holder() -> str:
@@ -196,7 +202,9 @@ class Controller:
         loaded = load_state(self.store, self.run_name)
         with self._mutex:
             if loaded is not None:
-                self.state = loaded
+                self.state = loaded  # a run from before run ids keeps none: its attempts carry none
+            elif not self.state.run_id:
+                self.state.run_id = new_run_id()  # a new run in this store
             self.state.backend = self.backend.name
             self.state.controller = self.holder
             if self.state.started_at is None:
@@ -373,12 +381,12 @@ class Controller:
                 self.sleep(wait)
         if last is None or last.finished:
             return None
-        ref = AttemptRef(self.run_name, stage.name, last.attempt)
+        ref = self._ref(stage, last.attempt)
         status = self.backend.status(ref)
         if status.phase is Phase.UNKNOWN:
             # Recorded but never reached the backend: submit the same attempt (same name).
             try:
-                ref = self.backend.submit(self.pipeline, stage, last.attempt)
+                ref = self.backend.submit(self.pipeline, stage, last.attempt, self.run_id)
             except BackendError as err:
                 self._record_submit_failure(stage, st, last, err)
                 return None
@@ -393,7 +401,7 @@ class Controller:
     def _submit_next(self, stage: Stage, st: StageState) -> AttemptRef | None:
         with self._mutex:
             k = (st.last.attempt if st.last else 0) + 1
-            ref = AttemptRef(self.run_name, stage.name, k)
+            ref = self._ref(stage, k)
             now = self.clock()
             rec = AttemptRecord(attempt=k, name=ref.name, submitted_at=now)
             st.attempts.append(rec)
@@ -402,7 +410,7 @@ class Controller:
             st.started_at = st.started_at or now
             self._save()  # recorded first: a controller killed during submit adopts it by name
         try:
-            ref = self.backend.submit(self.pipeline, stage, k)
+            ref = self.backend.submit(self.pipeline, stage, k, self.run_id)
         except BackendError as err:
             self._record_submit_failure(stage, st, rec, err)
             return None
@@ -480,8 +488,28 @@ class Controller:
                 rec.phase = status.phase.value
                 self._save()
 
+    def _ref(self, stage: Stage, attempt: int) -> AttemptRef:
+        return AttemptRef(self.run_name, stage.name, attempt, self.run_id)
+
+    @property
+    def run_id(self) -> str:
+        return self.state.run_id or ""
+
+    def _without_results(self, stage: Stage, status: AttemptStatus) -> AttemptStatus:
+        """A success the store cannot show is a failure: "succeeded" means the results are there."""
+        if status.phase is not Phase.SUCCEEDED:
+            return status
+        missing = StageResults(self.store, self.run_name, stage.name).missing()
+        if missing is None:
+            return status
+        log.warning("attempt succeeded without its results in the store", stage=stage.name, missing=missing)
+        return AttemptStatus(Phase.FAILED, reason="NoResults", failure=FailureClass.APP,
+                             message=f"succeeded without results: {missing}", exit_code=status.exit_code,
+                             started_at=status.started_at, finished_at=status.finished_at)
+
     def _after_attempt(self, stage: Stage, st: StageState, ref: AttemptRef, status: AttemptStatus) -> bool:
         """Record the ended attempt and apply the decision; True when another attempt follows."""
+        status = self._without_results(stage, status)
         decision = decide(status, stage.retry, st.app_failures, st.infra_failures)
         with self._mutex:
             rec = next((a for a in reversed(st.attempts) if a.attempt == ref.attempt), None)
@@ -533,7 +561,7 @@ class Controller:
             return
         last = st.last
         if last is not None and not last.finished and \
-                self.backend.status(AttemptRef(self.run_name, stage.name, last.attempt)).phase in (
+                self.backend.status(self._ref(stage, last.attempt)).phase in (
                     Phase.PENDING, Phase.RUNNING):
             self._emit("attempt_adopted", stage=stage.name, attempt=last.attempt, name=last.name)
             return
@@ -550,7 +578,7 @@ class Controller:
         """
         last = st.last
         if last is not None and not last.finished:
-            self.backend.cancel(AttemptRef(self.run_name, stage.name, last.attempt))
+            self.backend.cancel(self._ref(stage, last.attempt))
             last.phase, last.finished_at = Phase.CANCELLED.value, self.clock()
             log.warning("cancelled the running attempt of a stage being reset", stage=stage.name,
                         attempt=last.name)

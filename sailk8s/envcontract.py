@@ -11,6 +11,7 @@ from sailk8s.spec import Pipeline, Stage
 from sailk8s.stageconfig.registry import kind as registered_kind
 
 RUN = "SAIL_RUN"
+RUN_ID = "SAIL_RUN_ID"  # the run's identity in the store (several runs may share a name)
 STAGE = "SAIL_STAGE"
 KIND = "SAIL_STAGE_KIND"
 ATTEMPT = "SAIL_ATTEMPT"
@@ -24,9 +25,10 @@ STORE_VARS = ("SAIL_STORE_ENDPOINT", "SAIL_STORE_REGION", *CREDENTIAL_VARS)
 LAUNCHER = "jobs.launch"  # torchrun that keeps the failed rank's exit code (jobs/launch.py)
 
 
-def stage_env(pipeline: Pipeline, stage: Stage, attempt: int) -> dict[str, str]:
+def stage_env(pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> dict[str, str]:
     """Environment describing one attempt, without credentials (safe to print or render)."""
     return {
+        **({RUN_ID: run_id} if run_id else {}),
         RUN: pipeline.run,
         STAGE: stage.name,
         KIND: stage.kind,
@@ -74,6 +76,7 @@ class StageContext:
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
+    run_id: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> StageContext:
@@ -93,7 +96,7 @@ class StageContext:
         except ValueError:
             raise ValueError(f"{ATTEMPT} must be an integer, got {env.get(ATTEMPT)!r}") from None
         return cls(
-            run=env[RUN], stage=env[STAGE], kind=env[KIND], attempt=attempt,
+            run=env[RUN], stage=env[STAGE], kind=env[KIND], attempt=attempt, run_id=env.get(RUN_ID, ""),
             store_uri=env[STORE_URI], inputs=load(INPUTS, "[]"), outputs=load(OUTPUTS, "[]"),
             config=load(CONFIG, "{}"),
         )

@@ -46,11 +46,13 @@ def attempt_name(run: str, stage: str, attempt: int) -> str:
 
 @dataclass(frozen=True)
 class AttemptRef:
-    """Names one attempt of one stage of one run."""
+    """Names one attempt of one stage of one run; `run_id` tells this run from an earlier one of
+    the same name (a wiped store, another bucket): backends adopt only attempts carrying it."""
 
     run: str
     stage: str
     attempt: int
+    run_id: str = ""
 
     @property
     def name(self) -> str:
@@ -143,8 +145,9 @@ class Backend(abc.ABC):
         raise BackendError(f"the {self.name} backend provides no run lock")
 
     @abc.abstractmethod
-    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int) -> AttemptRef:
-        """Start an attempt; if one with the same name exists and matches, adopt it."""
+    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> AttemptRef:
+        """Start an attempt; adopt one of the same name only if it is this run's (same run_id):
+        another run's is stopped and removed, never taken for ours."""
 
     @abc.abstractmethod
     def status(self, ref: AttemptRef) -> AttemptStatus:

@@ -31,7 +31,7 @@ def cancel(ctx: click.Context, run_name: str, stage: str | None, path: str) -> N
             st = state.stages.get(name)
             if st is None or st.last is None or st.last.finished:
                 continue
-            backend.cancel(AttemptRef(pipeline.run, name, st.last.attempt))
+            backend.cancel(AttemptRef(pipeline.run, name, st.last.attempt, state.run_id or ""))
             stopped.append(st.last.name)
         lock = backend.run_lock(pipeline.run, default_holder())
         if lock.try_acquire():

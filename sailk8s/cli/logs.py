@@ -27,13 +27,14 @@ def logs(ctx: click.Context, run_name: str, stage: str, path: str, follow: bool,
     pipeline = pipeline_for(path, run_name)
     pipeline.stage(stage)
     store = open_pipeline_store(pipeline, settings)
+    state = load_state(store, pipeline.run)
     if attempt is None:
-        state = load_state(store, pipeline.run)
         last = state.stages[stage].last if state and stage in state.stages else None
         if last is None:
             raise ConfigError(f"run {pipeline.run!r} has no attempt of stage {stage!r} yet "
                               f"(start it with: python -m sailk8s submit {stage} -f {path})")
         attempt = last.attempt
     backend = backend_for(pipeline, store, settings)
-    for line in backend.logs(AttemptRef(pipeline.run, stage, attempt), follow=follow, rank=rank):
+    run_id = state.run_id or "" if state else ""
+    for line in backend.logs(AttemptRef(pipeline.run, stage, attempt, run_id), follow=follow, rank=rank):
         click.echo(line)

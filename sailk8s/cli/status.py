@@ -77,7 +77,8 @@ def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
         phase = last.phase if last else None
         if last is not None and not last.finished and backend is not None:
             try:  # one cheap look: the attempt may have ended while nobody was watching
-                phase = backend.status(AttemptRef(pipeline.run, stage.name, last.attempt)).phase.value
+                ref = AttemptRef(pipeline.run, stage.name, last.attempt, state.run_id or "" if state else "")
+                phase = backend.status(ref).phase.value
             except SailError as err:
                 phase = f"unknown ({err})"
         error = st.cause if st and st.cause else None

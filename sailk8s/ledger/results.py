@@ -168,15 +168,7 @@ class StageResults:
     def complete(self) -> bool:
         """The stage's results are all in the store: its report, a done marker for every shard it
         reports and, for a stage that exported a model, the model's config.json (written last)."""
-        report = self.read_report()
-        if report is None:
-            return False
-        shards = report.get("shards")
-        if isinstance(shards, int) and shards > 0 and len(self.shards.done()) < shards:
-            return False
-        export = report.get("exported_to")
-        return not (isinstance(export, str) and export and
-                    not self.store.exists(f"{export.rstrip('/')}/config.json"))
+        return self.missing() is None
 
     def missing(self) -> str | None:
         """What `complete` found missing, in words; None when complete."""

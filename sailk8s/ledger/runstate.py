@@ -74,6 +74,9 @@ class RunState(BaseModel):
     """The whole run: which controller drives it and every stage's state."""
 
     run: str
+    # This run's identity: made when the run is first created in this store. Attempts carry
+    # it, so an earlier run of the same name (a wiped store, another bucket) is never adopted.
+    run_id: str | None = None
     backend: str = "local"
     controller: str | None = None
     status: str = RUNNING

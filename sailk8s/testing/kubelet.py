@@ -17,6 +17,7 @@ from sailk8s.testing.events import record_event
 from sailk8s.testing.executor import PodProcess, Rewriter, default_rewrite, single_node
 from sailk8s.testing.nodes import ensure_node, lose_node, node_for
 from sailk8s.testing.podspecs import JOB_NAME, REPLICA_INDEX, REPLICA_TYPE, container_env, container_name
+from sailk8s.testing.simresults import write_simulated_report
 
 if TYPE_CHECKING:
     from sailk8s.testing.apiserver import FakeKubernetes
@@ -394,6 +395,10 @@ class FakeKubelet:
             return
         pod_run.done = True
         if self.mode == "simulate" and pod_run.behavior.action in (Action.RUN, Action.SUCCEED, Action.FAIL):
+            if exit_code == 0:  # as a real workload, a success leaves its report in the store
+                problem = write_simulated_report(container_env(self.kube, pod)[0])
+                if problem:
+                    self._log(pod, pod_run, f"simulated report not written: {problem}")
             self._log(pod, pod_run, f"simulated {pod_run.replica.lower()} {pod_run.index} exited {exit_code}")
         self.kube.logs.close(pod_run.namespace, pod_run.name, container)
         self._set_pod_status(

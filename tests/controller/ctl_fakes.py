@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
 from sailk8s.backends.local.storelock import StoreRunLock
 from sailk8s.exitcodes import FailureClass
+from sailk8s.ledger import StageResults
 from sailk8s.spec import Pipeline, Stage, parse_pipeline
 from sailk8s.store.base import ObjectStore
 
@@ -59,12 +60,13 @@ class FakeBackend(Backend):
     done: dict[AttemptRef, AttemptStatus] = field(default_factory=dict)
     before_wait: Callable[[AttemptRef], None] | None = None
     elapsed: dict[AttemptRef, float] = field(default_factory=dict)
+    write_results: bool = True  # a successful attempt leaves its report, as a real workload does
 
     def __post_init__(self) -> None:
         self._mu = threading.Lock()
 
-    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int) -> AttemptRef:
-        ref = AttemptRef(pipeline.run, stage.name, attempt)
+    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> AttemptRef:
+        ref = AttemptRef(pipeline.run, stage.name, attempt, run_id)
         with self._mu:
             if ref in self.running or ref in self.done:
                 return ref  # adoption, as the real backends do
@@ -96,6 +98,8 @@ class FakeBackend(Backend):
                     self.time.advance(left)
                     del self.running[ref]
                     self.done[ref] = outcome
+                    if outcome.phase is Phase.SUCCEEDED and self.write_results:  # as a real workload does
+                        StageResults(self.store, ref.run, ref.stage).write_report(ref.attempt, {"shards": 0})
                     return outcome
             self.elapsed[ref] = self.elapsed.get(ref, 0.0) + step
         self.time.advance(step)

@@ -148,8 +148,8 @@ def test_killed_controller_restarts_and_adopts(tmp_path: Path, local_env: dict[s
     path = write_pipeline(tmp_path, local_env["store"])
     store = LocalStore(local_env["store"])
     proc = start("run", "-f", str(path))
-    wait_for(lambda: list(local_env["local"].glob("*/r1/a/1/child.json")), what="stage a to start")
-    a_dir = next(local_env["local"].glob("*/r1/a/1"))
+    wait_for(lambda: list(local_env["local"].glob("*/r1/*/a/1/child.json")), what="stage a to start")
+    a_dir = next(local_env["local"].glob("*/r1/*/a/1"))
     proc.send_signal(signal.SIGKILL)  # kill -9 the controller mid-run
     proc.wait(timeout=10)
     assert not (a_dir / "exit.json").exists()  # the attempt outlived its controller
@@ -172,7 +172,7 @@ def test_lock_cancel_and_detached_submit(tmp_path: Path, local_env: dict[str, Pa
     set_fake(monkeypatch, a={"hang": True})
     path = write_pipeline(tmp_path, local_env["store"])
     proc = start("run", "-f", str(path))
-    wait_for(lambda: list(local_env["local"].glob("*/r1/a/1/child.json")), what="stage a to start")
+    wait_for(lambda: list(local_env["local"].glob("*/r1/*/a/1/child.json")), what="stage a to start")
     second = sail("run", "-f", str(path))
     assert second.returncode not in (0, None)
     assert second.stderr.strip().count("\n") == 0 and "driven by another controller" in second.stderr

@@ -15,6 +15,7 @@ from sailk8s.backends.base import AttemptRef, LockHeld
 from sailk8s.backends.local.storelock import StoreRunLock
 from sailk8s.controller import Controller
 from sailk8s.errors import BackendError, ConfigError
+from sailk8s.ledger import StageResults
 from sailk8s.ledger.runstate import (
     AttemptRecord,
     RunState,
@@ -248,7 +249,7 @@ def test_stall_is_reported_and_restarted(store: LocalStore, ft: FakeTime) -> Non
     a = state.stages["a"]
     assert a.state == "succeeded" and len(a.attempts) == 2
     assert a.attempts[0].reason == "Stalled" and a.attempts[0].failure == "app"
-    assert backend.cancels == [AttemptRef("r1", "a", 1)]
+    assert backend.cancels == [AttemptRef("r1", "a", 1, state.run_id or "")]
     assert any(e["event"] == "stage_stalled" for e in events)
 
 
@@ -283,7 +284,7 @@ def test_cancel_request_stops_retries_and_blocks_dependants(store: LocalStore, f
     state = ctl.run()
     assert state.stages["a"].state == "cancelled" and state.status == "cancelled"
     assert state.stages["b"].state == "blocked"
-    assert backend.cancels == [AttemptRef("r1", "a", 1)] and backend.submits == [("a", 1)]
+    assert backend.cancels == [AttemptRef("r1", "a", 1, state.run_id or "")] and backend.submits == [("a", 1)]
 
 
 def test_submit_error_is_permanent(store: LocalStore, ft: FakeTime) -> None:
@@ -309,7 +310,10 @@ def test_submit_one_stage_detached_then_follow(store: LocalStore, ft: FakeTime) 
     store.put("runs/r1/b/attempts/1/logs/rank-0.log", b"kept")
     state = ctl.submit("b", from_scratch=True)
     assert backend.submits == [("b", 1), ("b", 2)]
-    assert list(store.list("runs/r1/b/")) == ["runs/r1/b/attempts/1/logs/rank-0.log"]  # history kept
+    left = list(store.list("runs/r1/b/"))
+    assert "runs/r1/b/attempts/1/logs/rank-0.log" in left  # history kept
+    assert "runs/r1/b/done/shard-000000.json" not in left  # the old attempt's markers are gone
+    assert StageResults(store, "r1", "b").read_report() == {"shards": 0, "attempt": 2}
 
 
 def test_lost_lock_stops_the_controller_but_not_the_attempts(store: LocalStore, ft: FakeTime) -> None:

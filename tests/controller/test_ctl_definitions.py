@@ -10,6 +10,7 @@ from ctl_fakes import FakeBackend, FakeTime, make_pipeline
 
 from sailk8s.controller import Controller
 from sailk8s.errors import ConfigError
+from sailk8s.ledger import StageResults
 from sailk8s.ledger.claims import OutputsClaimed, read_claims
 from sailk8s.ledger.runstate import AttemptRecord, RunState, StageState, load_state, save_state
 from sailk8s.store.local import LocalStore
@@ -92,7 +93,7 @@ def test_rerun_redoes_the_stage_and_everything_below_it(store: LocalStore) -> No
     assert backend2.submits == [("a", 2), ("b", 2)]  # numbering continues: no job name reused
     assert list(store.list("data/a/")) == [] and list(store.list("data/b/")) == []  # no stale shard
     assert store.get("data/c/shard-000000.tar") == b"old"  # c was not below a
-    assert not store.exists("runs/r1/a/report.json")
+    assert StageResults(store, "r1", "a").read_report() == {"shards": 0, "attempt": 2}  # the rerun's
     fps = make_pipeline(str(store.root), chain(min_words=5)).fingerprints()
     saved = load_state(store, "r1")
     assert saved is not None and saved.stages["a"].fingerprint == fps["a"]

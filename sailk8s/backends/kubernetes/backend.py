@@ -14,7 +14,12 @@ from sailk8s.backends.kubernetes import status as kube_status
 from sailk8s.backends.kubernetes.client import Configuration, KubeClient
 from sailk8s.backends.kubernetes.lease import LeaseRunLock
 from sailk8s.backends.kubernetes.logs import PodLogs, ranked_pods
-from sailk8s.backends.kubernetes.manifest import ANNOTATION_SPEC_HASH, build_pytorchjob, label_selector
+from sailk8s.backends.kubernetes.manifest import (
+    ANNOTATION_SPEC_HASH,
+    LABEL_RUN_ID,
+    build_pytorchjob,
+    label_selector,
+)
 from sailk8s.backends.kubernetes.validation import ManifestInvalid, webhook_errors
 from sailk8s.backends.kubernetes.watch import ObjectWatch
 from sailk8s.errors import BackendError, SailError
@@ -60,6 +65,7 @@ class KubernetesBackend(Backend):
         self.retry_seconds = retry_seconds
         self.unschedulable_after = unschedulable_after
         self.node_lost_after = node_lost_after
+        self.replace_timeout = 300.0  # seconds for an earlier run's job to be deleted
         self.watch_timeout = watch_timeout
         # Local re-evaluation interval while waiting (no API request: only time-based verdicts).
         self.recheck_seconds = recheck_seconds
@@ -98,7 +104,7 @@ class KubernetesBackend(Backend):
 
     # -- Backend ---------------------------------------------------------------------------
 
-    def manifest(self, pipeline: Pipeline, stage: Stage, attempt: int) -> Obj:
+    def manifest(self, pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> Obj:
         """The exact PyTorchJob this backend submits for the attempt (pure, no API call)."""
         return build_pytorchjob(
             pipeline,
@@ -107,23 +113,45 @@ class KubernetesBackend(Backend):
             namespace=pipeline.namespace or self.namespace,
             store_endpoint=self.settings.store_endpoint,
             store_region=self.settings.store_region,
+            run_id=run_id,
         )
 
-    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int) -> AttemptRef:
-        """Create the PyTorchJob; on 409 adopt the existing one if its spec hash matches."""
-        manifest = self.manifest(pipeline, stage, attempt)
+    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> AttemptRef:
+        """Create the PyTorchJob; on 409 adopt the existing one if it is this run's and its spec hash
+        matches, else (an earlier run of the same name) delete it and create ours."""
+        manifest = self.manifest(pipeline, stage, attempt, run_id)
         problems = webhook_errors(manifest)
         if problems:
             raise ManifestInvalid(manifest["metadata"]["name"], problems)
         name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
-        ref = AttemptRef(pipeline.run, stage.name, attempt)
+        ref = AttemptRef(pipeline.run, stage.name, attempt, run_id)
         if self.client.create_job(ns, manifest):
             log.info("submitted PyTorchJob", job=name, namespace=ns)
         else:
-            self._adopt(manifest, name, ns)
+            existing = self.client.get_job(ns, name)
+            if existing is not None and run_id and _run_id_of(existing) != run_id:
+                self._replace(manifest, existing, name, ns)
+            else:
+                self._adopt(manifest, name, ns)
         self._namespaces[ref.name] = ns
         self._cancelled.discard(ref.name)
         return ref
+
+    def _replace(self, manifest: Obj, existing: Obj, name: str, ns: str) -> None:
+        """Delete another run's PyTorchJob of this name (never adopted), then create ours."""
+        ours = manifest["metadata"]["labels"][LABEL_RUN_ID]
+        log.warning("deleting a PyTorchJob of an earlier run with the same name", job=name, namespace=ns,
+                    its_run_id=_run_id_of(existing) or "none", run_id=ours)
+        self.client.delete_job(ns, name)
+        deadline = time.monotonic() + self.replace_timeout
+        while self.client.get_job(ns, name) is not None:  # foreground deletion: its pods go first
+            if time.monotonic() > deadline:
+                raise BackendError(f"PyTorchJob {name!r} of an earlier run was not deleted within "
+                                   f"{self.replace_timeout:g}s; delete it (kubectl delete pytorchjob "
+                                   f"{name} -n {ns}) and run again")
+            time.sleep(0.5)
+        self.client.create_job(ns, manifest, exist_ok=False)
+        log.info("submitted PyTorchJob", job=name, namespace=ns)
 
     def _adopt(self, manifest: Obj, name: str, ns: str) -> None:
         existing = self.client.get_job(ns, name)
@@ -145,6 +173,10 @@ class KubernetesBackend(Backend):
         job = self.client.get_job(ns, ref.name)
         if job is None:
             return self._missing(ref)
+        if ref.run_id and _run_id_of(job) != ref.run_id:
+            return AttemptStatus(Phase.UNKNOWN, reason="OtherRun",
+                                 message=f"PyTorchJob {ref.name!r} belongs to another run "
+                                         f"(run id {_run_id_of(job) or 'none'}, not {ref.run_id})")
         return self._derive(job, self._list_pods(ref, ns))
 
     def _missing(self, ref: AttemptRef) -> AttemptStatus:
@@ -320,6 +352,11 @@ class KubernetesBackend(Backend):
     def run_lock(self, run: str, holder: str, lease_seconds: float = 30.0) -> RunLock:
         """A Lease named after the run in this backend's namespace (see LeaseRunLock)."""
         return LeaseRunLock(self.client, self.namespace, run, holder, lease_seconds, clock=self.clock)
+
+
+def _run_id_of(job: Obj) -> str:
+    """The run id a PyTorchJob was made for ('' for one made before run ids)."""
+    return str(((job.get("metadata") or {}).get("labels") or {}).get(LABEL_RUN_ID, ""))
 
 
 def _both_listed(*watches: ObjectWatch) -> bool:

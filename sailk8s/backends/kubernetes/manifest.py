@@ -29,6 +29,7 @@ LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 LABEL_RUN = "sail.io/run"
 LABEL_STAGE = "sail.io/stage"
 LABEL_ATTEMPT = "sail.io/attempt"
+LABEL_RUN_ID = "sail.io/run-id"  # this run's identity: a job of an earlier run of the name is not ours
 LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
 # Set by the training operator on the pods it creates.
 LABEL_REPLICA_TYPE = "training.kubeflow.org/replica-type"
@@ -64,9 +65,10 @@ def label_selector(run: str, stage: str | None = None, attempt: int | None = Non
     return ",".join(f"{k}={v}" for k, v in selector_labels(run, stage, attempt).items())
 
 
-def job_labels(pipeline: Pipeline, stage: Stage, attempt: int) -> dict[str, str]:
+def job_labels(pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> dict[str, str]:
     """Labels on the job and on its pod templates, so `kubectl logs -l` finds the pods."""
     labels = {
+        **({LABEL_RUN_ID: run_id} if run_id else {}),
         LABEL_NAME: APP_NAME,
         LABEL_INSTANCE: pipeline.run,
         LABEL_COMPONENT: stage.name,
@@ -114,10 +116,11 @@ def _compact(**fields: Any) -> Obj:
 
 
 def _env(
-    pipeline: Pipeline, stage: Stage, attempt: int, store_endpoint: str | None, store_region: str | None
+    pipeline: Pipeline, stage: Stage, attempt: int, store_endpoint: str | None, store_region: str | None,
+    run_id: str = "",
 ) -> list[Obj]:
     """The env contract; the store endpoint is literal, credentials only by secretKeyRef."""
-    env: list[Obj] = [{"name": k, "value": v} for k, v in stage_env(pipeline, stage, attempt).items()]
+    env: list[Obj] = [{"name": k, "value": v} for k, v in stage_env(pipeline, stage, attempt, run_id).items()]
     env.append({"name": "PYTHONUNBUFFERED", "value": "1"})
     if store_endpoint:
         env.append({"name": "SAIL_STORE_ENDPOINT", "value": store_endpoint})
@@ -180,12 +183,13 @@ def _pod_template(
     labels: dict[str, str],
     store_endpoint: str | None,
     store_region: str | None,
+    run_id: str = "",
 ) -> Obj:
     r = stage.resources
     nnodes = None if is_elastic(stage) else r.nodes  # elastic: the operator sets PET_NNODES=min:max
     container = {
         "command": launch_command(stage, nnodes=nnodes),
-        "env": _env(pipeline, stage, attempt, store_endpoint, store_region),
+        "env": _env(pipeline, stage, attempt, store_endpoint, store_region, run_id),
         "image": r.image or pipeline.image,
         "name": CONTAINER,
         "resources": _resources(stage),
@@ -252,8 +256,9 @@ def build_pytorchjob(
     namespace: str | None = None,
     store_endpoint: str | None = None,
     store_region: str | None = None,
+    run_id: str = "",
 ) -> dict[str, Any]:
-    """The PyTorchJob manifest (a JSON-ready dict) for one attempt of one stage.
+    """The PyTorchJob manifest (a JSON-ready dict) for one attempt of one stage (of run `run_id`).
 
     Elastic stages (scheduling.elastic_min_nodes / elastic_max_nodes) use Worker replicas only,
     as the operator's elastic examples do: c10d rendezvous runs on worker-0, every node is a peer.
@@ -261,11 +266,11 @@ def build_pytorchjob(
     if attempt < 1:
         raise ConfigError(f"attempt must be >= 1, got {attempt}")
     r = stage.resources
-    labels = job_labels(pipeline, stage, attempt)
+    labels = job_labels(pipeline, stage, attempt, run_id)
     # Kueue admits the job as a whole; its queue label on the pods too would make Kueue's
     # plain-pod integration try to manage them a second time.
     pod_labels = {k: v for k, v in labels.items() if k != LABEL_KUEUE_QUEUE}
-    template = _pod_template(pipeline, stage, attempt, pod_labels, store_endpoint, store_region)
+    template = _pod_template(pipeline, stage, attempt, pod_labels, store_endpoint, store_region, run_id)
     elastic_policy = None
     if is_elastic(stage):
         lo, hi = elastic_bounds(stage)

@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from sailk8s.backends.archive import archived_logs
 from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
 from sailk8s.backends.local import supervisor
@@ -25,6 +27,8 @@ from sailk8s.errors import BackendError
 from sailk8s.exitcodes import FailureClass, classify_exit_code
 from sailk8s.spec import Pipeline, Stage
 from sailk8s.store.base import ObjectStore
+
+log = structlog.get_logger(__name__)
 
 # A claimed attempt directory without supervisor.json after this long was abandoned mid-submit.
 _CLAIM_TIMEOUT = 30.0
@@ -65,8 +69,9 @@ def _signal_name(code: int) -> str:
 class LocalBackend(Backend):
     """Stage attempts as local process groups under a supervisor; status from the supervisor's files.
 
-    Each attempt gets a directory `<root>/<store-hash>/<run>/<stage>/<attempt>/` (root:
-    $SAIL_LOCAL_DIR or ~/.cache/sail-pipeline/local) holding:
+    Each attempt gets a directory `<root>/<store-hash>/<run>/<run id>/<stage>/<attempt>/` (root:
+    $SAIL_LOCAL_DIR or ~/.cache/sail-pipeline/local; the run id keeps an earlier run of the same
+    name and store URI, e.g. before the store was wiped, from being adopted) holding:
         supervisor.json   pid (+ start time, against pid reuse) of the attempt's supervisor
         child.json        pid/process group of the command (the launcher)
         attempt.log       all ranks, `[rank r] ` prefixed; logs/rank-<r>.log one per rank
@@ -99,7 +104,19 @@ class LocalBackend(Backend):
     # -- paths and commands ---------------------------------------------------------------
     def attempt_dir(self, ref: AttemptRef) -> Path:
         """The attempt's local directory (logs, pid and exit records)."""
-        return self.root / self._store_tag / ref.run / ref.stage / str(ref.attempt)
+        return self.root / self._store_tag / ref.run / (ref.run_id or "_") / ref.stage / str(ref.attempt)
+
+    def _stop_namesakes(self, ref: AttemptRef) -> None:
+        """Stop the still-running attempts of earlier runs with this attempt's name (never adopted)."""
+        for other in sorted((self.root / self._store_tag / ref.run).glob(f"*/{ref.stage}/{ref.attempt}")):
+            run_id = other.parent.parent.name
+            if run_id == (ref.run_id or "_"):
+                continue
+            old = AttemptRef(ref.run, ref.stage, ref.attempt, "" if run_id == "_" else run_id)
+            if not self.status(old).phase.finished:
+                log.warning("stopping an attempt of an earlier run with the same name", attempt=ref.name,
+                            other_run_id=run_id, run_id=ref.run_id)
+                self.cancel(old)
 
     def command(self, stage: Stage) -> list[str]:
         """The pod's command (`python -m jobs.launch ... -m jobs.<kind>`), made for one machine.
@@ -116,8 +133,9 @@ class LocalBackend(Backend):
         return [self.python, *launcher, "--standalone", f"--nproc-per-node={nproc}", "--tee=3", *args]
 
     # -- Backend --------------------------------------------------------------------------
-    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int) -> AttemptRef:
-        ref = AttemptRef(pipeline.run, stage.name, attempt)
+    def submit(self, pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> AttemptRef:
+        ref = AttemptRef(pipeline.run, stage.name, attempt, run_id)
+        self._stop_namesakes(ref)
         d = self.attempt_dir(ref)
         try:
             d.parent.mkdir(parents=True, exist_ok=True)
@@ -128,7 +146,7 @@ class LocalBackend(Backend):
             raise BackendError(f"cannot create the attempt directory {d}: {err}") from None
         inherited = {k: v for k, v in os.environ.items()
                      if k not in RENDEZVOUS_VARS and not k.startswith("TORCHELASTIC_")}
-        env = {**inherited, **stage_env(pipeline, stage, attempt)}
+        env = {**inherited, **stage_env(pipeline, stage, attempt, run_id)}
         cmd = [
             self.python,
             "-m",
