@@ -7,14 +7,11 @@ import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from kubernetes import client
 
 from sailk8s.testing import FakeKubernetes
-
-GROUP, VERSION, PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 
 
 @pytest.fixture
@@ -52,50 +49,3 @@ def kubectl_bin() -> str:
 @pytest.fixture
 def kubeconfig(kube: FakeKubernetes, tmp_path: Path) -> Path:
     return kube.kubeconfig(tmp_path / "kubeconfig")
-
-
-def pod_body(name: str, labels: dict[str, str] | None = None, image: str = "busybox") -> dict[str, Any]:
-    """A minimal pod manifest."""
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "labels": labels or {}},
-        "spec": {"containers": [{"name": "main", "image": image}]},
-    }
-
-
-def pytorchjob(
-    name: str,
-    command: list[str] | None = None,
-    *,
-    workers: int = 0,
-    policy: str = "ExitCode",
-    labels: dict[str, str] | None = None,
-    run_policy: dict[str, Any] | None = None,
-    nproc: str = "1",
-    env: list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """A PyTorchJob manifest shaped like the ones the manifest builder emits."""
-
-    def template() -> dict[str, Any]:
-        container: dict[str, Any] = {
-            "name": "pytorch",
-            "image": "sail:test",
-            "command": command or ["torchrun", "-m", "jobs.noop"],
-            "env": env or [],
-        }
-        return {"metadata": {"labels": dict(labels or {})}, "spec": {"containers": [container]}}
-
-    specs: dict[str, Any] = {"Master": {"replicas": 1, "restartPolicy": policy, "template": template()}}
-    if workers:
-        specs["Worker"] = {"replicas": workers, "restartPolicy": policy, "template": template()}
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "PyTorchJob",
-        "metadata": {"name": name, "labels": dict(labels or {})},
-        "spec": {
-            "nprocPerNode": nproc,
-            "runPolicy": run_policy or {"cleanPodPolicy": "None"},
-            "pytorchReplicaSpecs": specs,
-        },
-    }

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from fk_support import GROUP, PLURAL, VERSION, pytorchjob
 from kubernetes import client
 
 from sailk8s.testing import FakeKubernetes
-from tests.fakek8s.conftest import GROUP, PLURAL, VERSION, pytorchjob
 
 CRD_FILE = Path(__file__).resolve().parents[3] / "shared" / "crds" / "kubeflow.org_pytorchjobs.yaml"
 

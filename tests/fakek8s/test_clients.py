@@ -8,11 +8,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from fk_support import GROUP, PLURAL, VERSION, pytorchjob
 from kubeflow.training import KubeflowOrgV1PyTorchJob, TrainingClient
 from kubernetes import client
 
 from sailk8s.testing import FakeKubernetes, FakeTrainingOperator
-from tests.fakek8s.conftest import GROUP, PLURAL, VERSION, pytorchjob
 
 
 def _kubectl(kubectl_bin: str, kubeconfig: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from fk_support import GROUP, PLURAL, VERSION, pod_body, pytorchjob
 from kubernetes import client
 
 from sailk8s.testing import FakeKubernetes
-from tests.fakek8s.conftest import GROUP, PLURAL, VERSION, pod_body, pytorchjob
 
 
 def _status(exc: client.ApiException) -> dict[str, object]:

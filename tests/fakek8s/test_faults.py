@@ -7,12 +7,11 @@ import time
 from collections.abc import Callable
 
 import pytest
+from fk_support import GROUP, PLURAL, VERSION, pod_body, pytorchjob, wait_for_phase
 from kubernetes import client
 
 from sailk8s.testing import FakeKubernetes, FakeTrainingOperator, behaviors
 from sailk8s.testing.behaviors import PodBehavior
-from tests.fakek8s.conftest import GROUP, PLURAL, VERSION, pod_body, pytorchjob
-from tests.fakek8s.test_operator import wait_for_phase
 
 
 def _until(check: Callable[[], object], timeout: float = 10.0) -> object:

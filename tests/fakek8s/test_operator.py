@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fk_support import GROUP, PLURAL, VERSION, pytorchjob, wait_for_phase
 from kubernetes import client, watch
 
 from sailk8s.testing import FakeKubernetes, FakeTrainingOperator, SimulatedClock, behaviors
-from tests.fakek8s.conftest import GROUP, PLURAL, VERSION, pytorchjob
 
 
 def _create(custom: client.CustomObjectsApi, body: dict[str, object]) -> dict[str, object]:
@@ -246,22 +246,6 @@ def test_deleting_a_job_kills_its_processes(
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not _alive(pid)
-
-
-def wait_for_phase(core: client.CoreV1Api, pod: str, phase: str, timeout: float = 10.0) -> client.V1Pod:
-    """Poll until the pod exists and has `phase`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            found = core.read_namespaced_pod(pod, "default")
-            if found.status.phase == phase:
-                return found
-        except client.ApiException as exc:
-            if exc.status != 404:
-                raise
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"pod {pod} never reached {phase}")
-        time.sleep(0.02)
 
 
 def _alive(pid: int) -> bool:

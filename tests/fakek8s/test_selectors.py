@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from fk_support import pod_body
 from kubernetes import client
 
 from sailk8s.testing.selectors import SelectorError, labels_match, parse_field_selector, parse_label_selector
-from tests.fakek8s.conftest import pod_body
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ import time
 from collections.abc import Callable
 
 import pytest
+from fk_support import GROUP, PLURAL, VERSION, pod_body, pytorchjob
 from kubernetes import client, watch
 
 from sailk8s.testing import FakeKubernetes
-from tests.fakek8s.conftest import GROUP, PLURAL, VERSION, pod_body, pytorchjob
 
 
 def _later(action: Callable[[], object], delay: float = 0.2) -> threading.Thread:

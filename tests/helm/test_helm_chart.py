@@ -8,26 +8,20 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import CHART_DIR, NAMESPACE, ROOT, VALUE_SETS, find, is_hook
+from chartkit import (
+    CHART_DIR,
+    KIND_IMAGE,
+    MINIMAL_CONFIG,
+    NAMESPACE,
+    ROOT,
+    VALUE_SETS,
+    find,
+    is_hook,
+    pipeline_of,
+)
 
 from sailk8s import __version__, exitcodes
-from sailk8s.spec import STAGE_KINDS, Pipeline, parse_pipeline
-
-# The smallest valid config block of each kind (the kinds without required fields take {}).
-MINIMAL_CONFIG: dict[str, dict[str, Any]] = {
-    "caption": {"model": "models/captioner"},
-    "pretrain": {"substages": [{"name": "a", "mix": [{"prefix": "d"}], "max_steps": 1}]},
-    "sft": {"stages": [{"name": "a", "mix": [{"prefix": "d"}], "max_steps": 1}]},
-    "evaluate": {"model": "models/sft"},
-}
-KIND_IMAGE = {"ingest": "sail-filter", "caption": "sail-caption", "filter": "sail-filter",
-              "pretrain": "sail-train", "sft": "sail-train", "evaluate": "sail-train"}
-
-
-def pipeline_of(objects: list[dict[str, Any]]) -> Pipeline:
-    """The pipeline file in the rendered ConfigMap, validated like `sailk8s validate -f`."""
-    (cm,) = find(objects, "ConfigMap")
-    return parse_pipeline(yaml.safe_load(cm["data"]["pipeline.yaml"]))
+from sailk8s.spec import STAGE_KINDS
 
 
 def controller_job(objects: list[dict[str, Any]]) -> dict[str, Any]:

@@ -7,8 +7,7 @@ import runpy
 from pathlib import Path
 from typing import Any
 
-from chartkit import CHART_DIR, CI_DIR, ROOT
-from test_helm_kubevalidate import SUPPORTED
+from chartkit import CHART_DIR, CI_DIR, ROOT, SUPPORTED
 
 README = ROOT / "README.md"
 

@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import CHART_DIR, ROOT
-from test_helm_chart import KIND_IMAGE, MINIMAL_CONFIG
+from chartkit import CHART_DIR, KIND_IMAGE, MINIMAL_CONFIG, ROOT
 
 from sailk8s.cli import COMMANDS
 from sailk8s.envcontract import launch_command, stage_command

@@ -6,12 +6,10 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import ROOT, VALUE_SETS
+from chartkit import ROOT, SUPPORTED, VALUE_SETS
 
 kv = pytest.importorskip("kubernetes_validate")
 from kubernetes_validate import utils as kv_utils  # noqa: E402
-
-SUPPORTED = ("1.27", "1.33")
 
 
 def test_chart_kube_version_matches_the_oldest_validated_version() -> None:

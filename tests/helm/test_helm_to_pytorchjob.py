@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from chartkit import NAMESPACE, ROOT, VALUE_SETS
-from test_helm_chart import KIND_IMAGE, pipeline_of
+from chartkit import KIND_IMAGE, NAMESPACE, ROOT, VALUE_SETS, pipeline_of
 
 from sailk8s.backends.kubernetes.manifest import CONTAINER, build_pytorchjob
 
