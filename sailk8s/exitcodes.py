@@ -1,20 +1,4 @@
-"""The exit-code convention between workloads, backends and the controller.
-
-With the PyTorchJob restartPolicy `ExitCode`, the training operator restarts a pod in place
-when its exit code is retryable (>= 128, i.e. killed by a signal) and fails the job for codes
-1-127. The controller then classifies the failed attempt by the same table:
-
-| code     | meaning                                   | class     |
-|----------|-------------------------------------------|-----------|
-| 0        | success                                   | -         |
-| 1        | unexpected error in the workload          | app       |
-| 2        | usage error (bad arguments)               | permanent |
-| 3        | bad stage config                          | permanent |
-| 4        | missing or unusable input                 | permanent |
-| 5        | a quality gate failed (degenerate output) | permanent |
-| 75       | transient dependency failure (store down) | infra     |
-| 128+N    | killed by signal N (137 SIGKILL/OOM, 143 SIGTERM/preemption) | infra |
-"""
+"""The exit-code convention between workloads, backends and the controller."""
 
 from __future__ import annotations
 
@@ -47,7 +31,23 @@ PERMANENT_CODES = frozenset({USAGE, BAD_CONFIG, BAD_INPUT, QUALITY})
 
 
 def classify_exit_code(code: int) -> FailureClass | None:
-    """None for success, else the failure class of a workload's exit code."""
+    """None for success, else the failure class of a workload's exit code.
+
+    With the PyTorchJob restartPolicy `ExitCode`, the training operator restarts a pod in place
+    when its exit code is retryable (>= 128, i.e. killed by a signal) and fails the job for codes
+    1-127. The controller then classifies the failed attempt by the same table:
+
+    | code     | meaning                                   | class     |
+    |----------|-------------------------------------------|-----------|
+    | 0        | success                                   | -         |
+    | 1        | unexpected error in the workload          | app       |
+    | 2        | usage error (bad arguments)               | permanent |
+    | 3        | bad stage config                          | permanent |
+    | 4        | missing or unusable input                 | permanent |
+    | 5        | a quality gate failed (degenerate output) | permanent |
+    | 75       | transient dependency failure (store down) | infra     |
+    | 128+N    | killed by signal N (137 SIGKILL/OOM, 143 SIGTERM/preemption) | infra |
+    """
     if code == OK:
         return None
     if code < 0:  # a Popen returncode for a signal: -N

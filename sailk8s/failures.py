@@ -1,15 +1,4 @@
-"""What the controller does after an attempt ends: a pure function of its status and the counts.
-
-| attempt ended                  | decision                                                    |
-|--------------------------------|-------------------------------------------------------------|
-| Succeeded                      | done                                                        |
-| Failed, class permanent        | stop at once, cause = the attempt's reason and message      |
-| Failed, class infra / Unknown  | retry after backoff(infra count) up to max_infra_retries;   |
-|                                | does not count against max_attempts                         |
-| Failed, class app (or none)    | retry after backoff(app count) while app failures <         |
-|                                | max_attempts, else stop                                     |
-| Cancelled                      | stop (the user asked for it)                                |
-"""
+"""What the controller does after an attempt ends: a pure function of its status and the counts."""
 
 from __future__ import annotations
 
@@ -59,7 +48,18 @@ def failure_class(status: AttemptStatus) -> FailureClass:
 
 
 def decide(status: AttemptStatus, policy: RetryPolicy, app_failures: int, infra_failures: int) -> Decision:
-    """The decision after an attempt ended with `status`, given the failures counted before it."""
+    """The decision after an attempt ended with `status`, given the failures counted before it.
+
+    | attempt ended                  | decision                                                    |
+    |--------------------------------|-------------------------------------------------------------|
+    | Succeeded                      | done                                                        |
+    | Failed, class permanent        | stop at once, cause = the attempt's reason and message      |
+    | Failed, class infra / Unknown  | retry after backoff(infra count) up to max_infra_retries;   |
+    |                                | does not count against max_attempts                         |
+    | Failed, class app (or none)    | retry after backoff(app count) while app failures <         |
+    |                                | max_attempts, else stop                                     |
+    | Cancelled                      | stop (the user asked for it)                                |
+    """
     if status.phase is Phase.SUCCEEDED:
         return Decision(Action.DONE, app_failures=app_failures, infra_failures=infra_failures)
     if status.phase is Phase.CANCELLED:

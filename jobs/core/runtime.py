@@ -16,6 +16,7 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from jobs.core.dist import DistInfo, assign_shards
+from jobs.core.lifeline import die_with_launcher
 from jobs.core.shardio import ShardInput, ShardOutput, ShardStats, WorkUnit, list_input_shards, local_tmp_root
 from jobs.core.shards import DEFAULT_MAX_PIXELS, ShardWriter, file_sha256
 from sailk8s import exitcodes
@@ -255,6 +256,7 @@ def main(fn: Callable[[], Any]) -> NoReturn:
     """
     from sailk8s.logsetup import configure_logging
 
+    die_with_launcher()
     configure_logging(os.environ.get("SAIL_LOG_FORMAT", "console"), os.environ.get("SAIL_LOG_LEVEL", "INFO"))
     try:
         fn()

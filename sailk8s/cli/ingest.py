@@ -1,9 +1,4 @@
-"""`ingest`: images (+alt-text) or the built-in samples -> WebDataset shards in a store.
-
-Runs the `ingest` stage workload (`python -m jobs.ingest`, or torchrun with --procs > 1) as a
-subprocess with the env contract, so this package never imports the ML stack. Rerunning the
-same command skips shards already done (the ledger of runs/<run>/<stage>/).
-"""
+"""`ingest`: images (+alt-text) or the built-in samples -> WebDataset shards in a store."""
 
 from __future__ import annotations
 
@@ -69,7 +64,12 @@ def build_config(source: str, path: str | None, shard_size: int, image_format: s
 def ingest(use_samples: bool, folder: str | None, jsonl: str | None, csv_path: str | None, store: str,
            output: str, shard_size: int, image_format: str, image_field: str, text_field: str,
            run_name: str, stage_name: str, procs: int) -> None:
-    """Turn images (+alt-text) into WebDataset shards under OUTPUT in the store."""
+    """Turn images (+alt-text) into WebDataset shards under OUTPUT in the store.
+
+    Runs the `ingest` stage workload (`python -m jobs.ingest`, or torchrun with --procs > 1) as a
+    subprocess with the env contract, so this package never imports the ML stack. Rerunning the
+    same command skips shards already done (the ledger of runs/<run>/<stage>/).
+    """
     chosen = [(n, v) for n, v in (("samples", use_samples or None), ("folder", folder), ("jsonl", jsonl),
                                   ("csv", csv_path)) if v]
     if len(chosen) != 1:

@@ -1,15 +1,4 @@
-"""Output claims: which run and stage write each output prefix of a store.
-
-Done markers live under the run (runs/<run>/<stage>/done), but output prefixes are shared by
-every run of a store. Without claims, a second run (or a second stage) naming the same outputs
-would redo every shard and silently overwrite the first run's results. A stage claims its
-output prefixes before its first attempt; a prefix already claimed by another run or stage,
-or nested inside or around one, is refused with the owner's name.
-
-Claims are objects under `_sail/outputs/<prefix>.json` (outside any data prefix, so no stage
-ever reads one as data). Two controllers claiming the same prefix in the same instant can
-both pass: the store has no conditional put; the run lock covers the common case, one run.
-"""
+"""Output claims: which run and stage write each output prefix of a store."""
 
 from __future__ import annotations
 
@@ -73,7 +62,18 @@ def conflicts(claims: Iterable[Claim], run: str, stage: str, prefixes: Iterable[
 
 
 def claim_outputs(store: ObjectStore, run: str, stage: str, prefixes: Iterable[str]) -> None:
-    """Record that (run, stage) writes `prefixes`; OutputsClaimed when another owner has them."""
+    """Record that (run, stage) writes `prefixes`; OutputsClaimed when another owner has them.
+
+    Done markers live under the run (runs/<run>/<stage>/done), but output prefixes are shared by
+    every run of a store. Without claims, a second run (or a second stage) naming the same outputs
+    would redo every shard and silently overwrite the first run's results. A stage claims its
+    output prefixes before its first attempt; a prefix already claimed by another run or stage,
+    or nested inside or around one, is refused with the owner's name.
+
+    Claims are objects under `_sail/outputs/<prefix>.json` (outside any data prefix, so no stage
+    ever reads one as data). Two controllers claiming the same prefix in the same instant can
+    both pass: the store has no conditional put; the run lock covers the common case, one run.
+    """
     prefixes = [p.strip("/") for p in prefixes]
     if not prefixes:
         return

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +46,56 @@ def test_launch_keeps_the_failed_ranks_exit_code(tmp_path: Path) -> None:
     # What the pods ran before: torchrun itself turns the permanent failure into an app one.
     plain = launch(tmp_path, "exit3", module="torch.distributed.run")
     assert plain.returncode == 1 and classify_exit_code(1) is FailureClass.APP
+
+
+HANG = """
+import os, pathlib, sys, time
+from jobs.core.runtime import main
+
+def work():
+    pathlib.Path(sys.argv[1], f"rank-{os.environ['RANK']}.pid").write_text(str(os.getpid()))
+    time.sleep(600)
+
+main(work)
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Whether the process exists and is not a zombie."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+@pytest.mark.slow
+def test_ranks_die_with_a_killed_launcher(tmp_path: Path) -> None:
+    """torchrun starts ranks in sessions of their own: without the parent-death signal a rank
+    outlives a SIGKILLed launcher (the local backend's attempt, a pod's main process)."""
+    script = tmp_path / "hang.py"
+    script.write_text(HANG)
+    argv = [sys.executable, "-m", "jobs.launch", "--standalone", "--nproc-per-node=2", str(script),
+            str(tmp_path)]
+    proc = subprocess.Popen(argv, env=sail_env(), cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(pids := sorted(tmp_path.glob("rank-*.pid"))) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, "the ranks never started"
+            time.sleep(0.1)
+        ranks = [int(p.read_text()) for p in pids]
+        proc.kill()
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 60
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not [pid for pid in ranks if _alive(pid)]
+    finally:
+        for pid in [int(p.read_text()) for p in tmp_path.glob("rank-*.pid")]:
+            if _alive(pid):
+                os.kill(pid, 9)
+        if proc.poll() is None:
+            proc.kill()
 
 
 def test_pod_command_goes_through_the_launcher() -> None:
