@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -268,13 +268,31 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         reason = TRUNCATED_IMAGE if ("truncated" in msg or "broken" in msg or isinstance(err, EOFError)) \
             else NOT_AN_IMAGE
         raise BadSampleError(reason, msg) from None
+    return to_rgb(img)
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The picture as a viewer shows it, in 8-bit RGB: EXIF orientation applied, 16-bit grey scaled
+    down (not clipped to white), transparency flattened onto white (not onto whatever the hidden
+    colour channels hold)."""
+    ImageOps.exif_transpose(img, in_place=True)
+    if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        scale = 1 / 256 if img.mode.startswith("I;16") or img.getextrema()[1] > 255 else 1.0  # type: ignore[operator]
+        img = img.convert("I").point(lambda v: v * scale).convert("L")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
+        flat = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        flat.alpha_composite(img.convert("RGBA"))
+        img = flat
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def image_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the header only (no pixel decoding)."""
-    with Image.open(io.BytesIO(data)) as img:
-        return img.size
+def shown_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as `to_rgb` will give them, from the header: EXIF orientations 5-8 swap them."""
+    w, h = img.size
+    return (h, w) if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8) else (w, h)
+
+
+_ORIENTATION = 0x0112  # the EXIF tag
 
 
 def encode_image(img: Image.Image, fmt: str = "png", quality: int = 90) -> bytes:

@@ -61,7 +61,7 @@ def probe_image(data: bytes, max_pixels: int = shards.DEFAULT_MAX_PIXELS) -> tup
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
+                w, h = shards.shown_size(img)
     except Exception:
         # The header does not read: decoding fails at the same point and names the reason.
         shards.decode_image(data, max_pixels=max_pixels)

@@ -28,11 +28,19 @@ def resolve_model_ref(store: ObjectStore, ref: str, *, field: str = "config.mode
         return ref
     prefix = ref.rstrip("/")
     if not any(True for _ in store.list(prefix + "/")):
+        if not strict and not hub_offline():
+            return ref  # maybe a hub id: loading it says whether it is one
+        where = f"no saved model under {store.describe(prefix)} and no local directory {ref!r}"
         if not strict:
-            return ref
-        raise InputError(f"{field}: no saved model under {store.describe(prefix)} "
-                         "(did the stage that exports it run?)")
+            where += "; as a Hugging Face hub id it cannot be fetched: the hub is offline (HF_HUB_OFFLINE)"
+        raise InputError(f"{field}: model {ref!r} not found: {where} (did the stage that exports it run?)")
     return store.describe(prefix)
+
+
+def hub_offline() -> bool:
+    """Whether this process may not reach the Hugging Face hub (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _cache_root(cache_dir: str | os.PathLike[str] | None) -> Path:

@@ -137,3 +137,80 @@ def test_deep_json_split_keys_and_oversized_members(tmp_path: Path, monkeypatch:
     ])
     assert results(path) == [("a", None), ("deep", sh.BAD_JSON), ("big", sh.MEMBER_TOO_LARGE),
                              ("a", sh.DUPLICATE_KEY), ("b", None)]
+
+
+def _encoded(img: Image.Image, fmt: str = "PNG", **kw: object) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _rotated_jpeg() -> bytes:
+    """40x20 pixels stored, EXIF orientation 6: a viewer shows 20x40."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    img = Image.new("RGB", (40, 20), (200, 0, 0))
+    img.paste((0, 0, 200), (0, 0, 20, 20))  # the stored left half blue: on top once rotated
+    return _encoded(img, "JPEG", exif=exif.tobytes(), quality=95)
+
+
+def _grey16() -> bytes:
+    img = Image.new("I;16", (64, 4))
+    img.putdata([(x * 1024) for _ in range(4) for x in range(64)])  # 0 .. 64512 left to right
+    return _encoded(img)
+
+
+def _palette_with_transparency() -> bytes:
+    img = Image.new("P", (8, 8), 0)
+    img.putpalette([0, 0, 0, 255, 0, 0] + [0] * 762)
+    img.paste(1, (4, 0, 8, 8))  # the right half red, the left half transparent index 0
+    return _encoded(img, transparency=0)
+
+
+def _animated_gif() -> bytes:
+    frames = [Image.new("RGB", (8, 8), (255, 0, 0)), Image.new("RGB", (8, 8), (0, 255, 0))]
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:])
+    return buf.getvalue()
+
+
+IMAGE_KINDS = [  # kind, encoded bytes, shown size, (x, y) -> RGB as a viewer shows the picture
+    ("exif-rotated jpeg", _rotated_jpeg(), (20, 40), {(10, 5): "blue", (10, 35): "red"}),
+    ("16-bit grey png", _grey16(), (64, 4), {(0, 0): (0, 0, 0), (32, 0): (128, 128, 128)}),
+    ("palette with transparency", _palette_with_transparency(), (8, 8),
+     {(1, 1): (255, 255, 255), (6, 1): (255, 0, 0)}),
+    ("transparent rgba", _encoded(Image.new("RGBA", (8, 8), (10, 20, 30, 0))), (8, 8),
+     {(0, 0): (255, 255, 255)}),
+    ("cmyk jpeg", _encoded(Image.new("CMYK", (8, 8), (0, 255, 255, 0)), "JPEG", quality=95), (8, 8),
+     {(4, 4): "red"}),
+    ("animated gif: its first frame", _animated_gif(), (8, 8), {(4, 4): (255, 0, 0)}),
+    ("1x1", _encoded(Image.new("RGB", (1, 1), (0, 255, 0))), (1, 1), {(0, 0): (0, 255, 0)}),
+    ("absurd aspect ratio", _encoded(Image.new("L", (4000, 1), 9)), (4000, 1), {(3999, 0): (9, 9, 9)}),
+]
+
+
+@pytest.mark.parametrize(("kind", "data", "size", "pixels"), IMAGE_KINDS, ids=[k[0] for k in IMAGE_KINDS])
+def test_image_kinds_decode_as_a_viewer_shows_them(kind: str, data: bytes, size: tuple[int, int],
+                                                   pixels: dict[tuple[int, int], object]) -> None:
+    """8-bit RGB, orientation applied, 16-bit scaled (not clipped white), transparency on white;
+    the header-only size the training planner uses agrees with the decoded one."""
+    from jobs.training.encoding import probe_image
+
+    img = sh.decode_image(data)
+    assert (img.mode, img.size, probe_image(data)) == ("RGB", size, size), kind
+    for xy, want in pixels.items():
+        r, g, b = img.getpixel(xy)  # type: ignore[misc]
+        if want == "red":
+            assert r > 180 and g < 60 and b < 60, (kind, xy, (r, g, b))
+        elif want == "blue":
+            assert b > 180 and r < 60 and g < 60, (kind, xy, (r, g, b))
+        else:
+            assert all(abs(c - w) <= 2 for c, w in zip((r, g, b), want, strict=True)), (kind, xy, (r, g, b))  # type: ignore[call-overload]
+
+
+def test_a_gzip_that_is_not_a_tar_is_a_named_bad_shard(tmp_path: Path) -> None:
+    import gzip
+
+    path = tmp_path / "shard.tar"
+    path.write_bytes(gzip.compress(b"hello, not a tar archive" * 100))
+    assert results(path) == [("", sh.TRUNCATED_SHARD)]
