@@ -14,6 +14,7 @@ from tenacity import (
     stop_after_delay,
     wait_random_exponential,
 )
+from tenacity.stop import stop_base
 
 from sailk8s.errors import StoreUnavailable
 
@@ -35,12 +36,14 @@ def call_with_retry(
     initial_wait: float = INITIAL_WAIT,
     max_wait: float = MAX_WAIT,
     describe: Callable[[BaseException | None], str] | None = None,
+    give_up: Callable[[BaseException, float], str | None] | None = None,
 ) -> T:
     """Run fn, retrying transient failures until deadline_s seconds have passed since the first try.
 
     `what` names the operation for messages (endpoint and key, never credentials); `describe`
     renders an error for them (default: one_line). A permanent error propagates unchanged at
     once; when time runs out, StoreUnavailable names `what`, the attempts and the last cause.
+    `give_up(err, elapsed)` may end the retries early: the reason it returns joins the message.
     """
     start = time.monotonic()
     explain = describe or one_line
@@ -58,8 +61,18 @@ def call_with_retry(
         remaining = deadline_s - (time.monotonic() - start)
         return max(0.0, min(backoff(state), remaining))
 
+    early: list[str] = []
+
+    class StopEarly(stop_base):
+        def __call__(self, state: RetryCallState) -> bool:
+            err = state.outcome.exception() if state.outcome else None
+            reason = give_up(err, time.monotonic() - start) if give_up and err is not None else None
+            if reason:
+                early.append(reason)
+            return reason is not None
+
     retrying = Retrying(
-        stop=stop_after_delay(max(deadline_s, 0.0)),
+        stop=stop_after_delay(max(deadline_s, 0.0)) | StopEarly(),
         wait=wait,
         retry=retry_if_exception(is_transient),
         before_sleep=before_sleep,
@@ -78,8 +91,9 @@ def call_with_retry(
         if not is_transient(err):
             raise
         elapsed = time.monotonic() - start
+        why = f" ({early[0]})" if early else ""
         raise StoreUnavailable(
-            f"{what}: gave up after {attempts} attempt(s) in {elapsed:.1f}s: {explain(err)}"
+            f"{what}: gave up after {attempts} attempt(s) in {elapsed:.1f}s{why}: {explain(err)}"
         ) from err
 
 

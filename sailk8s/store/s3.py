@@ -62,6 +62,7 @@ class S3Store(ObjectStore):
         secret_key: str | None = None,
         region: str | None = None,
         retry_seconds: float = 60.0,
+        first_contact_seconds: float = 10.0,
         timeout_s: float | None = None,
         part_size: int = DEFAULT_PART_SIZE,
         parallel_uploads: int = 3,
@@ -85,6 +86,11 @@ class S3Store(ObjectStore):
         self.uri = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
         self.endpoint = ("https://" if secure else "http://") + host
         self.retry_seconds = retry_seconds
+        # Until the endpoint has answered once, a connection that never opens (refused, unknown
+        # host, connect timeout) is a wrong endpoint far more often than an outage: say so in
+        # seconds. Once it has answered, outages get the whole retry_seconds.
+        self.first_contact_seconds = min(first_contact_seconds, retry_seconds)
+        self._answered = False
         self.part_size = part_size
         self.parallel_uploads = parallel_uploads
         # One timeout per socket operation, so a hung server cannot hold a call past the bound
@@ -113,9 +119,25 @@ class S3Store(ObjectStore):
     def _call(self, op: str, key: str, fn: Callable[[], T]) -> T:
         """Run one store call with retries; permanent failures become one-line sailk8s errors."""
         location = self.describe(key)
+
+        def attempt() -> T:
+            try:
+                result = fn()
+            except Exception as err:
+                self._answered = self._answered or not s3errors.never_answered(err)
+                raise
+            self._answered = True
+            return result
+
+        def give_up(err: BaseException, elapsed: float) -> str | None:
+            if self._answered or not s3errors.never_answered(err) or elapsed < self.first_contact_seconds:
+                return None
+            return "the endpoint never answered: check SAIL_STORE_ENDPOINT and that the store is running"
+
         try:
-            return call_with_retry(fn, is_transient=s3errors.is_transient, deadline_s=self.retry_seconds,
-                                   what=f"{op} {location} at {self.endpoint}", describe=s3errors.describe)
+            return call_with_retry(attempt, is_transient=s3errors.is_transient, deadline_s=self.retry_seconds,
+                                   what=f"{op} {location} at {self.endpoint}", describe=s3errors.describe,
+                                   give_up=give_up)
         except StoreError:
             raise
         except _LocalFileError as err:

@@ -50,6 +50,14 @@ def is_transient(err: BaseException) -> bool:
                             ConnectionError, TimeoutError))
 
 
+def never_answered(err: BaseException) -> bool:
+    """Whether the request never reached a server: refused, unknown host, connect timeout."""
+    if isinstance(err, urllib3.exceptions.MaxRetryError) and err.reason is not None:
+        return never_answered(err.reason)
+    return isinstance(err, (urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError,
+                            urllib3.exceptions.NameResolutionError, ConnectionRefusedError))
+
+
 def describe(err: BaseException | None) -> str:
     """A short line for an S3 failure: the S3 code and message instead of minio's long dump."""
     if isinstance(err, S3Error):

@@ -112,6 +112,69 @@ def test_unreachable_endpoint_is_clear_and_bounded() -> None:
     assert f"http://127.0.0.1:{port}" in msg and "s3://bucket-x/k" in msg and "refused" in msg
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_an_endpoint_that_never_answered_fails_fast_at_first_contact() -> None:
+    """A wrong host or port at start-up says so within first_contact_seconds, not retry_seconds."""
+    store = S3Store("bucket-x", endpoint=f"http://127.0.0.1:{_free_port()}", access_key="a", secret_key="b",
+                    region="us-east-1", retry_seconds=120.0, first_contact_seconds=0.5)
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable, match="the endpoint never answered: check SAIL_STORE_ENDPOINT"):
+        store.get("k")
+    assert time.monotonic() - t0 < 60.0  # far below retry_seconds, even on a busy machine
+    unknown = S3Store("bucket-x", endpoint="http://no-such-host.invalid:9000", access_key="a", secret_key="b",
+                      region="us-east-1", retry_seconds=120.0, first_contact_seconds=0.5)
+    with pytest.raises(StoreUnavailable, match=r"never answered.*no-such-host\.invalid"):
+        unknown.exists("k")
+
+
+def test_an_outage_after_the_store_answered_gets_the_whole_retry_budget() -> None:
+    """Once the endpoint has answered, refused connections are an outage: retried for retry_seconds."""
+    import http.server
+    import threading
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_HEAD = do_GET
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    port = server.server_address[1]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store = S3Store("bucket-x", endpoint=f"http://127.0.0.1:{port}", access_key="a", secret_key="b",
+                    region="us-east-1", retry_seconds=2.5, first_contact_seconds=0.2)
+    answered = threading.Event()
+    real = store._client._url_open  # type: ignore[attr-defined]
+
+    def then_down(*args: object, **kwargs: object) -> object:
+        if not answered.is_set():
+            answered.set()
+            try:
+                return real(*args, **kwargs)  # the 503: the endpoint answered
+            finally:
+                server.shutdown()
+                server.server_close()  # from now on: connection refused
+        return real(*args, **kwargs)
+
+    store._client._url_open = then_down  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    with pytest.raises(StoreUnavailable) as info:
+        store.exists("k")
+    assert time.monotonic() - t0 >= 2.5 and "never answered" not in str(info.value)
+
+
 @pytest.mark.parametrize("op", ["get", "put", "exists", "list", "delete", "check"])
 def test_missing_bucket_is_clear_for_every_operation(s3: S3Server, op: str) -> None:
     store = S3Store("no-such-bucket", endpoint=s3.endpoint, access_key="a", secret_key="b",
