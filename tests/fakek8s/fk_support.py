@@ -71,3 +71,17 @@ def wait_for_phase(core: client.CoreV1Api, pod: str, phase: str, timeout: float 
         if time.monotonic() > deadline:
             raise TimeoutError(f"pod {pod} never reached {phase}")
         time.sleep(0.02)
+
+
+def wait_for_pod(core: client.CoreV1Api, pod: str, timeout: float = 10.0) -> client.V1Pod:
+    """Poll until the pod exists (in any phase)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return core.read_namespaced_pod(pod, "default")
+        except client.ApiException as exc:
+            if exc.status != 404:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"pod {pod} never appeared")
+        time.sleep(0.02)
