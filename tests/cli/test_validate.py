@@ -50,6 +50,24 @@ def test_invalid_yaml_and_missing_file(tmp_path: Path) -> None:
     assert res.returncode == 3 and "no such pipeline file" in res.stderr
 
 
+def test_non_utf8_file_and_yaml_alias_expansion(tmp_path: Path) -> None:
+    f = tmp_path / "latin.yaml"
+    f.write_bytes(b"run: caf\xe9\nstore: file:///tmp/x\nstages: []\n")
+    res = _cli("validate", "-f", str(f))
+    assert res.returncode == 3 and "cannot read pipeline file" in res.stderr and "utf-8" in res.stderr
+    # A billion-laughs style file: aliases nest 9^8 items; validation stops at the first bad field.
+    levels = ['a: &a ["x","x","x","x","x","x","x","x","x"]']
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+        levels.append(f"{name}: &{name} [{','.join(['*' + prev] * 9)}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("run: r1\nstore: file:///tmp/x\n" + "\n".join(levels) +
+                    "\nstages:\n  - {name: s, kind: filter, config: {filters: *h}}\n")
+    t0 = time.monotonic()
+    res = _cli("validate", "-f", str(bomb))
+    assert res.returncode == 3 and "a: unknown field" in res.stderr and "Traceback" not in res.stderr
+    assert time.monotonic() - t0 < 50  # never expanded into 43M items
+
+
 def test_version() -> None:
     from sailk8s import __version__
 

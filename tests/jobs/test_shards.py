@@ -214,3 +214,25 @@ def test_a_gzip_that_is_not_a_tar_is_a_named_bad_shard(tmp_path: Path) -> None:
     path = tmp_path / "shard.tar"
     path.write_bytes(gzip.compress(b"hello, not a tar archive" * 100))
     assert results(path) == [("", sh.TRUNCATED_SHARD)]
+
+
+def test_symlink_members_are_never_followed_and_odd_text_is_kept(tmp_path: Path) -> None:
+    """A symlink member (here to /etc/passwd) is skipped, so its sample has no image; NUL bytes,
+    right-to-left and combining marks in an alt-text are text like any other."""
+    import tarfile
+
+    good = png_bytes()
+    odd = "a cat \u202eeman\u202c on a caf\u0065\u0301 roof\x00"
+    path = tmp_path / "links.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("ok.png", good), ("ok.json", json.dumps({"alt_text": odd}).encode()),
+                           ("link.json", meta())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        link = tarfile.TarInfo("link.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tar.addfile(link)
+    items = list(sh.read_shard(path, required=("alt_text",)))
+    assert [(i.key, getattr(i, "reason", None)) for i in items] == [("ok", None), ("link", sh.MISSING_IMAGE)]
+    assert isinstance(items[0], sh.Sample) and items[0].meta["alt_text"] == odd
