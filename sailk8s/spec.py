@@ -219,7 +219,9 @@ class Pipeline(StrictModel):
         and its dependencies' fingerprints (so a change upstream changes every stage below it).
 
         Resources, retries, scheduling and the image are left out: they change how a stage
-        runs, not what it writes.
+        runs, not what it writes. Config values equal to their defaults are left out too, so a
+        release that adds a config field (whose default keeps the old behaviour) does not make
+        every finished run's results look changed.
         """
         out: dict[str, str] = {}
         for stage in self.order():
@@ -227,7 +229,7 @@ class Pipeline(StrictModel):
                 "kind": stage.kind,
                 "inputs": stage.inputs,
                 "outputs": stage.outputs,
-                "config": stage.typed_config().model_dump(mode="json"),
+                "config": stage.typed_config().model_dump(mode="json", exclude_defaults=True),
                 "depends": {d: out[d] for d in sorted(stage.depends)},
             }
             out[stage.name] = hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]

@@ -59,6 +59,23 @@ def test_fingerprints_follow_what_decides_outputs() -> None:
     assert make_pipeline("/s", chain()).downstream(["a"]) == ["a", "b"]
 
 
+def test_a_release_adding_a_defaulted_field_keeps_fingerprints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upgrading must not make every finished run look changed: a new field whose default keeps
+    the old behaviour leaves the fingerprint alone; setting it to another value changes it."""
+    from pydantic import create_model
+
+    from sailk8s.stageconfig import filter as filter_config
+    from sailk8s.stageconfig import registry
+
+    base = make_pipeline("/s", chain()).fingerprints()
+    newer = create_model("Config", __base__=filter_config.Config, new_option=(str, "old-behaviour"))
+    monkeypatch.setitem(registry.KINDS, "filter", registry.StageKind("filter", newer, "filter"))
+    assert make_pipeline("/s", chain()).fingerprints() == base
+    other = chain()
+    other[0]["config"] = {**other[0]["config"], "new_option": "new-behaviour"}
+    assert make_pipeline("/s", other).fingerprints()["a"] != base["a"]
+
+
 def test_a_changed_config_is_refused_before_anything_runs(store: LocalStore) -> None:
     _, ctl = controller(store, chain())
     assert ctl.run().status == "succeeded"
