@@ -1,18 +1,4 @@
-"""Config block of `filter` stages: an ordered chain of filters, each naming its drop reasons.
-
-    config:
-      text_fields: [recaption, caption, alt_text]   # the caption judged: first one present
-      filters:
-        - {type: image, min_side: 32, max_aspect_ratio: 3.0}
-        - {type: caption, min_words: 3, max_words: 400}
-        - {type: dedup, exact: true, near: true, max_distance: 4}
-        - {type: alignment, preset: tiny}             # or model: file:///models/captioner
-        - {type: judge, model: /models/judge, min_score: 3}
-        - {type: minilm, min_similarity: 0.2}
-
-Dedup needs a global view (all shards) so it runs as an index pass before the main pass;
-model filters are expensive, so they must come after dedup (validated here).
-"""
+"""Config block of `filter` stages: an ordered chain of filters, each naming its drop reasons."""
 
 from __future__ import annotations
 
@@ -158,7 +144,21 @@ def _default_filters() -> list[Filter]:
 
 
 class Config(_Strict):
-    """The filter chain, applied in order; a sample's first failing filter names its reason."""
+    """The filter chain, applied in order; a sample's first failing filter names its reason.
+
+        config:
+          text_fields: [recaption, caption, alt_text]   # the caption judged: first one present
+          filters:
+            - {type: image, min_side: 32, max_aspect_ratio: 3.0}
+            - {type: caption, min_words: 3, max_words: 400}
+            - {type: dedup, exact: true, near: true, max_distance: 4}
+            - {type: alignment, preset: tiny}             # or model: file:///models/captioner
+            - {type: judge, model: /models/judge, min_score: 3}
+            - {type: minilm, min_similarity: 0.2}
+
+    Dedup needs a global view (all shards) so it runs as an index pass before the main pass;
+    model filters are expensive, so they must come after dedup (validated here).
+    """
 
     text_fields: list[str] = Field(default_factory=lambda: ["recaption", "caption", "alt_text"], min_length=1)
     filters: list[Filter] = Field(default_factory=_default_filters)
