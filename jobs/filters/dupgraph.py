@@ -12,7 +12,9 @@ key)" is "keep the smallest gid". The pure steps, each on numpy arrays:
 Near duplicates use the pigeonhole principle: the hash's bytes are split into max_distance+1
 bands; two hashes within the distance agree on at least one band, so they meet in that band's
 bucket. Buckets are keyed by a 64-bit mix of (band, band bytes) and candidates are verified by
-their exact Hamming distance (popcount), so a bucket collision never makes a false edge.
+their exact Hamming distance (popcount), so a bucket collision never makes a false edge. A pair
+that agrees on several bands meets in several buckets (often in different partitions); only the
+bucket of the first band they agree on gives its edge, so each pair is one edge in all.
 """
 
 from __future__ import annotations
@@ -160,7 +162,8 @@ def near_edges(r: Records, max_distance: int) -> np.ndarray:
     # bucket's first copy and leave the pairwise search: it stays linear in a crowded bucket.
     same = np.concatenate(([False], (band[1:] == band[:-1]) & np.all(ph[1:] == ph[:-1], axis=1)))
     head = np.maximum.accumulate(np.where(~same, np.arange(len(g)), 0))
-    found = [np.stack([g[same], g[head[same]]], axis=1)]
+    first = _first_band(ph[same], max_distance) == band[same]  # equal hashes: band 0's bucket only
+    found = [np.stack([g[same][first], g[head[same]][first]], axis=1)]
     band, g, ph = band[~same], g[~same], ph[~same]
     k = 1
     while k < len(g):
@@ -170,12 +173,25 @@ def near_edges(r: Records, max_distance: int) -> np.ndarray:
         i = np.flatnonzero(same)
         a, b = i, i + k
         dist = np.bitwise_count(ph[a] ^ ph[b]).sum(axis=1)
-        close = (dist <= max_distance) & (g[a] != g[b])
-        found.append(np.stack([g[b[close]], g[a[close]]], axis=1))
+        close = np.flatnonzero((dist <= max_distance) & (g[a] != g[b]))
+        a, b = a[close], b[close]
+        here = _first_band(ph[a], max_distance, ph[b]) == band[a]  # their first common band's bucket
+        found.append(np.stack([g[b[here]], g[a[here]]], axis=1))
         k += 1
     pairs = np.concatenate(found)
-    pairs = np.unique(np.sort(pairs, axis=1), axis=0)  # a pair met in several bands counts once
+    pairs = np.unique(np.sort(pairs, axis=1), axis=0)  # once, even where two band keys collide
     return np.concatenate([pairs, np.full((len(pairs), 1), NEAR, np.uint64)], axis=1).astype(np.uint64)
+
+
+def _first_band(ph: np.ndarray, max_distance: int, other: np.ndarray | None = None) -> np.ndarray:
+    """The bucket key of the first band on which each row of ph agrees with the same row of other
+    (other None: an equal hash, so band 0). Within max_distance bits there is always one."""
+    keys = band_keys(ph, max_distance)
+    if other is None or not len(ph):
+        return keys[:, 0]
+    spans = bands(ph.shape[1], max_distance)
+    agree = np.stack([np.all(ph[:, s:e] == other[:, s:e], axis=1) for s, e in spans], axis=1)
+    return keys[np.arange(len(ph)), agree.argmax(axis=1)]
 
 
 def resolve(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

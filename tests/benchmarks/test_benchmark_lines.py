@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["store_throughput", "shard_pipeline", "packing", "controller_overhead",
-                                  "resume_position", "recaption_ablation"])
+                                  "resume_position", "recaption_ablation", "dedup_scale"])
 @pytest.mark.timeout(900)
 def test_quick_run_prints_the_result_line(name: str) -> None:
     # The ablation runs a small pipeline end to end (data stages, three pretrainings, probes).

@@ -92,6 +92,23 @@ def test_partitioned_passes_match_brute_force_at_any_partition_count(nbytes: int
         assert run_passes(gids, contents, phashes, max_distance, partitions) == expected, partitions
 
 
+@pytest.mark.parametrize(("nbytes", "max_distance"), [(8, 4), (32, 8)])
+def test_each_close_pair_is_one_edge_across_all_partitions(nbytes: int, max_distance: int) -> None:
+    # A pair agreeing on several bands meets in several buckets; only its first common band's
+    # bucket gives the edge, so the edges (which every rank reads to resolve) are not multiplied.
+    gids, contents, phashes = corpus(400, nbytes, max_distance)
+    for partitions in (1, 7):
+        edges = [np.empty((0, 3), np.uint64)]
+        for rec in dg.partitioned(gids, contents, phashes, max_distance, partitions).values():
+            edges.append(dg.near_edges(rec, max_distance))
+        near = np.concatenate(edges)
+        pairs = {tuple(sorted(map(int, e[:2]))) for e in near}
+        assert pairs and len(pairs) == len(near), partitions
+        close = {(int(gids[i]), int(gids[j])) for i in range(len(gids)) for j in range(i + 1, len(gids))
+                 if int(np.bitwise_count(phashes[i] ^ phashes[j]).sum()) <= max_distance}
+        assert pairs <= close
+
+
 def test_a_chain_of_near_copies_is_one_component_keeping_its_smallest_gid() -> None:
     base = bytes(8)
     hashes = [base, bytes([0b11, 0, 0, 0, 0, 0, 0, 0]), bytes([0b1111, 0, 0, 0, 0, 0, 0, 0])]
