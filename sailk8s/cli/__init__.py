@@ -25,6 +25,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "cancel": ("sailk8s.cli.cancel:cancel", "Cancel a run or one of its stages."),
     "render": ("sailk8s.cli.render:render", "Print a stage's exact manifests (no writes)."),
     "ingest": ("sailk8s.cli.ingest:ingest", "Turn images (+alt-text) into WebDataset shards."),
+    "runs": ("sailk8s.cli.runs:runs", "List the runs in a store: status, age, stages done."),
+    "ui": ("sailk8s.cli.ui:ui", "Serve a read-only web dashboard of the store's runs."),
     "outputs": ("sailk8s.cli.outputs:outputs", "List which run and stage own each output prefix."),
 }
 

@@ -10,7 +10,6 @@ import click
 
 from sailk8s.backends.base import AttemptRef, Backend, Phase
 from sailk8s.cli.runtools import (
-    FILE_OPTION,
     backend_for,
     is_tty,
     json_line,
@@ -21,6 +20,7 @@ from sailk8s.cli.runtools import (
 from sailk8s.errors import ObjectNotFound, SailError
 from sailk8s.ledger import StageResults
 from sailk8s.ledger.runstate import RunState, changed_definitions, load_state
+from sailk8s.settings import Settings
 from sailk8s.spec import Pipeline
 from sailk8s.store.base import ObjectStore
 
@@ -58,13 +58,21 @@ def headline(report: dict[str, Any] | None) -> str | None:
 def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
                backend: Backend | None) -> list[dict[str, Any]]:
     """One row per stage from state.json, the ledger (one listing per stage) and progress.json."""
-    rows = []
     names = [s.name for s in pipeline.order()]
     # Stages whose results came from another definition than the file's: `run` would stop.
     changed = set(changed_definitions(state, pipeline.fingerprints(), names)) if state else set()
-    for stage in pipeline.order():
-        st = state.stages.get(stage.name) if state else None
-        results = StageResults(store, pipeline.run, stage.name)
+    stages = [(s.name, s.kind) for s in pipeline.order()]
+    return rows_for(stages, pipeline.run, store, state, backend, changed)
+
+
+def rows_for(stages: list[tuple[str, str]], run: str, store: ObjectStore, state: RunState | None,
+             backend: Backend | None, changed: frozenset[str] | set[str] = frozenset(),
+             ) -> list[dict[str, Any]]:
+    """`stage_rows` for (name, kind) pairs: also what `status --store` shows without a pipeline file."""
+    rows = []
+    for name, kind in stages:
+        st = state.stages.get(name) if state else None
+        results = StageResults(store, run, name)
         record = results.read_progress()
         progress = record.model_dump() if record is not None else {}
         report = results.read_report()
@@ -77,7 +85,7 @@ def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
         phase = last.phase if last else None
         if last is not None and not last.finished and backend is not None:
             try:  # one cheap look: the attempt may have ended while nobody was watching
-                ref = AttemptRef(pipeline.run, stage.name, last.attempt, state.run_id or "" if state else "")
+                ref = AttemptRef(run, name, last.attempt, state.run_id or "" if state else "")
                 phase = backend.status(ref).phase.value
             except SailError as err:
                 phase = f"unknown ({err})"
@@ -94,11 +102,11 @@ def stage_rows(pipeline: Pipeline, store: ObjectStore, state: RunState | None,
             pct = round(100.0 * min(p_done, p_total) / p_total, 1)
         eta = progress.get("eta_seconds") if word in ("running", "retrying") else None
         rows.append({
-            "stage": stage.name, "kind": stage.kind, "state": word, "stalled": bool(st and st.stalled),
+            "stage": name, "kind": kind, "state": word, "stalled": bool(st and st.stalled),
             "attempts": len(st.attempts) if st else 0, "attempt": last.name if last else None,
             "phase": phase, "shards_done": done, "shards_total": total, "percent": pct,
             "eta_seconds": eta, "last_error": error, "work": work,
-            "definition_changed": stage.name in changed, "result": headline(report),
+            "definition_changed": name in changed, "result": headline(report),
         })
     return rows
 
@@ -136,12 +144,21 @@ def _table(run: str, state: RunState | None, rows: list[dict[str, Any]]) -> None
 
 @click.command()
 @click.argument("run_name", required=False, metavar="[RUN]")
-@FILE_OPTION
+@click.option("-f", "--file", "path", default=None, type=click.Path(dir_okay=False),
+              help="Pipeline YAML file (or --store and RUN).")
+@click.option("--store", "store_uri", default=None, envvar="SAIL_STORE",
+              help="Store URI (file://, s3://): show RUN from its run state, without a pipeline file.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (default when piped).")
 @click.pass_context
-def status(ctx: click.Context, run_name: str | None, path: str, as_json: bool) -> None:
+def status(ctx: click.Context, run_name: str | None, path: str | None, store_uri: str | None,
+           as_json: bool) -> None:
     """Show a run: per stage state, attempts, shards done/total, %, ETA and last error."""
     settings = settings_from(ctx)
+    if path is None:
+        if not store_uri or not run_name:
+            raise click.UsageError("give -f PIPELINE, or --store URI and RUN")
+        _status_from_store(store_uri, run_name, settings, as_json)
+        return
     pipeline = pipeline_for(path, run_name)
     store = open_pipeline_store(pipeline, settings)
     state = load_state(store, pipeline.run)
@@ -152,8 +169,25 @@ def status(ctx: click.Context, run_name: str | None, path: str, as_json: bool) -
         except SailError:
             backend = None  # e.g. no cluster access: show what the store knows
     rows = stage_rows(pipeline, store, state, backend)
+    _show(pipeline.run, state, rows, as_json)
+
+
+def _status_from_store(uri: str, run: str, settings: Settings, as_json: bool) -> None:
+    """The run as its state.json and ledger tell it: stages in the order the controller met them."""
+    from sailk8s.ledger.paths import segment
+    from sailk8s.store import open_store
+
+    store = open_store(uri, settings)
+    state = load_state(store, segment(run, "run name"))
+    if state is None:
+        raise SailError(f"no run {run!r} in {store.describe()} (see `python -m sailk8s runs --store {uri}`)")
+    rows = rows_for([(name, st.kind or "-") for name, st in state.stages.items()], run, store, state, None)
+    _show(run, state, rows, as_json)
+
+
+def _show(run: str, state: RunState | None, rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json or not is_tty():
-        json_line({"run": pipeline.run, "status": state.status if state else None,
+        json_line({"run": run, "status": state.status if state else None,
                    "controller": state.controller if state else None, "stages": rows})
         return
-    _table(pipeline.run, state, rows)
+    _table(run, state, rows)

@@ -165,7 +165,9 @@ class Controller(StageDriver):
             if self.state.started_at is None:
                 self.state.started_at = self.clock()
             for s in self.pipeline.stages:
-                self.state.stage(s.name)
+                st = self.state.stage(s.name)
+                # Readers without the pipeline file (status --store, the dashboard) draw the DAG from these.
+                st.kind, st.depends = s.kind, list(s.depends)
 
     def _check_definitions(self, names: Sequence[str]) -> None:
         """Refuse to reuse results made from another stage definition (they would be mixed)."""

@@ -153,6 +153,19 @@ class StageResults:
         except ObjectNotFound:
             return None
 
+    # -- artifacts (charts, event files) -------------------------------------------------------
+    def artifacts(self) -> list[str]:
+        """Names of the stage's artifacts (relative to artifacts/), sorted; exported models excluded."""
+        prefix = self.paths.artifacts_prefix
+        return [key[len(prefix):] for key in self.store.list(prefix)]
+
+    def read_artifact(self, name: str) -> bytes | None:
+        """One artifact's bytes, None when absent."""
+        try:
+            return self.store.get(self.paths.artifact(name))
+        except ObjectNotFound:
+            return None
+
     # -- derived artefacts ---------------------------------------------------------------------
     def derived_prefix(self, name: str, basis: Mapping[str, Any]) -> str:
         """Where an artefact computed from `basis` lives: `<stage>/<name>/<hash of basis>/`.

@@ -52,6 +52,8 @@ class StageState(BaseModel):
     """A stage's progress through the controller: state word, attempts, failure counts, cause."""
 
     name: str
+    kind: str | None = None
+    depends: list[str] = Field(default_factory=list)
     state: str = PENDING
     attempts: list[AttemptRecord] = Field(default_factory=list)
     app_failures: int = 0
@@ -153,3 +155,39 @@ def changed_definitions(state: RunState, fingerprints: dict[str, str], names: It
         if st is not None and st.fingerprint is not None and st.fingerprint != fingerprints.get(name):
             out.append(name)
     return out
+
+
+def list_runs(store: ObjectStore) -> list[str]:
+    """The names of the runs in the store that have a run state, sorted (one listing of runs/)."""
+    names = []
+    for key in store.list("runs/"):
+        parts = key.split("/")
+        if len(parts) == 3 and parts[2] == "state.json":
+            names.append(parts[1])
+    return sorted(names)
+
+
+class RunSummary(BaseModel):
+    """One line of a run listing: status, start, duration and stages done of total."""
+
+    run: str
+    status: str
+    backend: str
+    started_at: float | None
+    finished_at: float | None
+    duration_seconds: float | None
+    stages_done: int
+    stages_total: int
+    failed: list[str]
+
+
+def summarize(state: RunState, now: float | None = None) -> RunSummary:
+    """A run's listing line from its state (a running run's duration runs up to `now`)."""
+    end = state.finished_at or (state.updated_at if state.status in TERMINAL else None)
+    end = end if end is not None else (time.time() if now is None else now)
+    duration = end - state.started_at if state.started_at is not None else None
+    return RunSummary(run=state.run, status=state.status, backend=state.backend, started_at=state.started_at,
+                      finished_at=state.finished_at, duration_seconds=duration,
+                      stages_done=sum(s.state in DONE for s in state.stages.values()),
+                      stages_total=len(state.stages),
+                      failed=[n for n, s in state.stages.items() if s.state == FAILED])
