@@ -1,0 +1,78 @@
+"""The dashboard over HTTP against a store made by the real controller (a stage failed once, then retried)."""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from dash_support import Dashboard
+
+from sailk8s.store.local import LocalStore
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dash(retried_store: LocalStore) -> Iterator[Dashboard]:
+    with Dashboard(retried_store.uri) as d:
+        yield d
+
+
+def test_runs_page_lists_each_run_with_state_and_stages_done(dash: Dashboard) -> None:
+    code, body = dash.get("/")
+    assert code == 200
+    assert 'data-run="r1"' in body and "succeeded" in body and "4 / 4" in body
+
+
+def test_run_page_tells_the_retry_story(dash: Dashboard) -> None:
+    code, body = dash.get("/runs/r1")
+    assert code == 200
+    for stage in ("ingest", "caption", "filter", "evaluate"):
+        assert f'class="node" data-stage="{stage}" data-state="succeeded"' in body
+    assert 'data-stage="caption" data-attempt="1" data-phase="Failed"' in body
+    assert 'data-stage="caption" data-attempt="2" data-phase="Succeeded"' in body
+    assert "caption attempt 1: Failed [app]" in body  # the bar's tooltip: failure class and cause
+
+
+def test_run_page_shows_funnel_quality_and_evaluation(dash: Dashboard) -> None:
+    body = dash.get("/runs/r1")[1]
+    assert 'data-samples-in="12"' in body
+    assert '<tr data-step="judge"><td>judge</td><td class="num remaining">6</td>' in body
+    assert "−2 judge_mismatch" in body
+    assert "a small red square on white" in body  # caption quality's example caption
+    assert "accuracy <b>0.750</b> (3/4)" in body and "circle" in body
+
+
+def test_archived_logs_of_the_failed_attempt(dash: Dashboard) -> None:
+    code, body = dash.get("/runs/r1/stages/caption/logs/1")
+    assert code == 200 and "failing with exit code 1" in body and 'data-rank="0"' in body
+    assert "Failed [app]" in body
+
+
+def test_sample_browser_shows_image_alt_text_recaption_and_scores(dash: Dashboard) -> None:
+    code, body = dash.get("/runs/r1/stages/filter/samples")
+    assert code == 200
+    assert body.count('<figure class="sample"') == 6
+    assert "alt text 3" in body and "a red square number 3" in body and "judge_alignment 0.88" in body
+    with urllib.request.urlopen(dash.url + "/runs/r1/stages/filter/samples/shard-000000/image?key=s003") as r:
+        assert r.headers["Content-Type"] == "image/png" and r.read().startswith(b"\x89PNG")
+
+
+def test_unknown_names_are_404_and_nothing_can_be_written(dash: Dashboard) -> None:
+    assert dash.get("/runs/nope")[0] == 404
+    assert dash.get("/runs/r1/stages/caption/logs/9")[0] == 200  # no logs: said on the page
+    assert dash.get("/runs/r1/stages/filter/samples/..%2f..%2fetc/image?key=x")[0] == 404
+    req = urllib.request.Request(dash.url + "/runs/r1", method="POST", data=b"")
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req)
+    assert err.value.code == 405
+
+
+def test_run_page_is_served_fast(dash: Dashboard) -> None:
+    dash.get("/runs/r1")  # warm: templates compiled
+    start = time.perf_counter()
+    code, _ = dash.get("/runs/r1")
+    assert code == 200 and time.perf_counter() - start < 1.0
