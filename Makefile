@@ -30,6 +30,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 test: lint
+	scripts/ensure-chromium.sh
 	$(PY) -m pytest
 
 test-quick: venv
