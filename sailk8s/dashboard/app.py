@@ -137,8 +137,12 @@ def create_app(store: ObjectStore, *, title: str | None = None) -> Starlette:
                         "shards_done": s.shards_done,
                         "progress": s.progress.model_dump() if s.progress else None} for s in view.stages]})
 
+    def healthz(request: Request) -> Response:
+        return Response("ok", media_type="text/plain")  # the probe: no store read per probe
+
     routes = [
         Route("/", runs_page),
+        Route("/healthz", healthz),
         Route("/runs/{run}", run_page),
         Route("/runs/{run}/live", run_live),
         Route("/runs/{run}/stages/{stage}/logs/{attempt:int}", logs_page),
