@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from sailk8s.cli.liveview import LiveView, quiet_structured_logs, summary_table
 from sailk8s.cli.runtools import (
     FILE_OPTION,
     backend_for,
@@ -46,16 +47,29 @@ def run(ctx: click.Context, path: str, only: str | None, rerun: str | None, reru
     tty = is_tty()
     for line in kubectl_lines(pipeline, settings):
         click.echo(f"# follow with: {line}", err=not tty)
+    view = LiveView() if tty else None
+    if view is not None:
+        quiet_structured_logs(ctx)
     controller = Controller(pipeline, backend, store, lock_wait=lock_wait,
                             lease_seconds=settings.lease_seconds,
-                            on_event=event_printer(tty))
+                            on_event=view if view is not None else event_printer(tty),
+                            # A person watching local bars wants them to move: look every second.
+                            tick=1.0 if view is not None and pipeline.backend == "local" else None)
     try:
-        state = controller.run(only=selected, rerun=_names(rerun), rerun_changed=rerun_changed)
+        if view is not None:
+            with view:
+                state = controller.run(only=selected, rerun=_names(rerun), rerun_changed=rerun_changed)
+        else:
+            state = controller.run(only=selected, rerun=_names(rerun), rerun_changed=rerun_changed)
     except KeyboardInterrupt:
         click.echo(f"interrupted: running attempts keep going; `python -m sailk8s run -f {path}` adopts "
                    f"them, `python -m sailk8s cancel {pipeline.run} -f {path}` stops them", err=True)
         sys.exit(130)
-    _print_summaries(pipeline, store, selected, tty)
+    if view is not None:
+        names = [s.name for s in pipeline.order() if not selected or s.name in selected]
+        view.progress.console.print(summary_table(store, pipeline.run, names, state.stages))
+    else:
+        _print_summaries(pipeline, store, selected, tty)
     sys.exit(exit_for(state.status))
 
 

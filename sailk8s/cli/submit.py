@@ -8,40 +8,17 @@ from typing import Any
 
 import click
 
+from sailk8s.cli.liveview import LiveView, quiet_structured_logs, summary_table
 from sailk8s.cli.runtools import (
     FILE_OPTION,
     backend_for,
     event_printer,
-    human_event,
     is_tty,
     kubectl_lines,
     open_pipeline_store,
     pipeline_for,
     settings_from,
 )
-
-
-class ProgressView:
-    """A rich progress bar fed by controller events (terminal only)."""
-
-    def __init__(self, stage: str) -> None:
-        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeRemainingColumn
-
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-                                 TextColumn("{task.fields[count]}"), TimeRemainingColumn())
-        self.task = self.progress.add_task(stage, total=None, count="")
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event.get("event") == "progress":
-            p = event.get("progress") or {}
-            done, total = float(p.get("done") or 0), p.get("total")
-            count = f"{done:.0f}/{total} {p.get('unit') or ''}" if total else f"{done:.0f}"
-            self.progress.update(self.task, completed=done, total=float(total) if total else None,
-                                 count=count)
-            return
-        line = human_event(event)
-        if line:
-            self.progress.console.print(line, highlight=False)
 
 
 @click.command()
@@ -67,7 +44,9 @@ def submit(ctx: click.Context, stage: str, path: str, run_name: str | None, atte
     tty = is_tty()
     for line in kubectl_lines(pipeline, settings, stage):
         click.echo(f"# follow with: {line}", err=not tty)
-    view: ProgressView | None = ProgressView(stage) if tty and not detach else None
+    view = LiveView() if tty and not detach else None
+    if view is not None:
+        quiet_structured_logs(ctx)
     on_event: Callable[[dict[str, Any]], None] = view if view is not None else event_printer(tty)
     # A person watching a local bar wants it to move: look every second (two file reads).
     tick = 1.0 if view is not None and pipeline.backend == "local" else None
@@ -76,7 +55,7 @@ def submit(ctx: click.Context, stage: str, path: str, run_name: str | None, atte
                             on_event=on_event, tick=tick)
     try:
         if view is not None:
-            with view.progress:
+            with view:
                 state = controller.submit(stage, from_scratch=attempt_from_scratch)
         else:
             state = controller.submit(stage, from_scratch=attempt_from_scratch, detach=detach)
@@ -91,4 +70,6 @@ def submit(ctx: click.Context, stage: str, path: str, run_name: str | None, atte
             click.echo(f"{stage}: {st.state}" + (f", attempt {last.attempt} ({last.name})" if last else "")
                        + f"; watch with: python -m sailk8s status {pipeline.run} -f {path}")
         sys.exit(0 if st.state != "failed" else 1)
+    if view is not None:
+        view.progress.console.print(summary_table(store, pipeline.run, [stage], state.stages))
     sys.exit(0 if st.state in ("succeeded", "skipped") else 1)
