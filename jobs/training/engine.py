@@ -53,6 +53,7 @@ class TorchEngine:
         self.clip = cfg.gradient_clipping
         self.optimizer = torch.optim.AdamW(self.params, lr=sub.lr, betas=sub.betas,
                                            weight_decay=sub.weight_decay)
+        self.grad_norm: float | None = None  # of the last step, before clipping (for TensorBoard)
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()
@@ -64,7 +65,10 @@ class TorchEngine:
                     p.grad = torch.zeros_like(p)
                 tdist.all_reduce(p.grad)  # sum: each rank holds its share of the normalised loss
         if self.clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip)
+            self.grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.clip))
+        else:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            self.grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else None
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
@@ -121,6 +125,12 @@ class DeepSpeedEngine:
         if not self.engine.global_steps or self.engine.micro_steps % gas:
             raise RuntimeError("DeepSpeed did not reach its accumulation boundary: micro batches per step "
                                "do not match gradient_accumulation_steps")
+
+    @property
+    def grad_norm(self) -> float | None:
+        """The last step's global gradient norm as DeepSpeed measured it (None before one)."""
+        norm = self.engine.get_global_grad_norm()
+        return None if norm is None else float(norm)
 
     def _base(self) -> torch.optim.Optimizer:
         opt = self.optimizer

@@ -28,6 +28,7 @@ from jobs.training.encoding import TRUNCATED, Dropped, ImageRef, SampleEncoder
 from jobs.training.engine import init_distributed, make_engine, shutdown_distributed
 from jobs.training.mixstream import MixStream
 from jobs.training.packing import IGNORE, Bin, StreamPacker, TokenizedSample, collate_packed, collate_padded
+from jobs.training.scalars import PREFIX, ScalarLog
 from jobs.training.tokenweights import LossWeights
 from jobs.vlm.attention import use_packed_attention
 from jobs.vlm.model import build_model, load_model, save_model
@@ -110,6 +111,7 @@ class Trainer:
                                  rank=self.rank, world_size=self.world, keep_latest=cfg.keep_latest,
                                  tmp_root=self.tmp)
         self.results = StageResults(stage.store, stage.ctx.run, stage.ctx.stage)
+        self.scalars = ScalarLog(stage, self.tmp / "tensorboard") if self.rank == 0 else None
         self.dropped: Counter[str] = Counter()  # found while planning: the same on every rank
         self.lost: Counter[str] = Counter()  # pixels that failed on this rank's own sequences
         self.started = time.monotonic()
@@ -257,7 +259,8 @@ class Trainer:
             real = sum(b.used for b in step_bins)
             # The loss normaliser: the target weight of the whole global batch (every rank plans it).
             norm = sum(weights.of(s) for b in step_bins for s in b.items)
-            engine.set_lr(lr_at(sub, progress_of(sub, state.tokens + real, state.step + 1)))
+            lr = lr_at(sub, progress_of(sub, state.tokens + real, state.step + 1))
+            engine.set_lr(lr)
             own = step_bins[self.rank * per_rank:(self.rank + 1) * per_rank]
             mine, blanked = self.materialize(own, encoder, weights)  # the only pixel work: own sequences
             if self.world > 1:
@@ -282,6 +285,11 @@ class Trainer:
             state.tokens += real
             state.losses.append([state.global_step, loss])
             rate = (state.tokens - tok0) / max(time.monotonic() - t0, 1e-9)
+            if self.scalars is not None:
+                # fill: the share of the step's sequence positions that hold real tokens (packing).
+                self.scalars.add(state.global_step, {
+                    "loss": loss, "lr": lr, "grad_norm": engine.grad_norm, "tokens_per_s": rate,
+                    "fill": real / max(len(step_bins) * self.cfg.seq_len, 1)})
             if state.step % self.cfg.log_every == 0:
                 self.log.info("step", substage=sub.name, step=state.step, loss=round(loss, 4),
                               tokens=state.tokens, tokens_per_s=round(rate, 1))
@@ -289,6 +297,8 @@ class Trainer:
             if state.step % self.cfg.checkpoint_every == 0 and progress_of(sub, state.tokens, state.step) < 1:
                 state.cursor = bins.state()
                 self.ckpt.save(model, engine.optimizer_state(), state)
+                if self.scalars is not None:
+                    self.scalars.upload()  # what a checkpoint keeps, TensorBoard shows
         dropped = self.dropped + self.all_ranks(self.lost)
         state.summaries.append({
             "substage": sub.name, "steps": state.step, "tokens": state.tokens, "budget": sub.token_budget,
@@ -376,6 +386,9 @@ class Trainer:
             report["summary"] = (f"{names}: {state.global_step} steps, final loss "
                                  f"{loss if loss is None else round(loss, 4)}; model exported to {export}")
             self.loss_curve(state)
+            if self.scalars is not None:
+                self.scalars.close()
+                report["tensorboard"] = self.stage.store.describe(self.stage.paths.artifact(PREFIX))
             self.results.write_report(self.stage.ctx.attempt, report)
             self.log.info("training done", exported_to=export, final_loss=report["final_loss"])
         return report
