@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from pathlib import Path
 from typing import Any
@@ -52,7 +51,7 @@ def create_app(store: ObjectStore, *, title: str | None = None) -> Starlette:
     env = templates.env
     env.globals.update(colours=figures.COLOURS, poll=POLL_SECONDS, store_uri=store.describe(),
                        title=title or "sail-pipeline")
-    env.filters.update(duration=_duration, when=_when, tojson_compact=lambda v: json.dumps(v, default=str))
+    env.filters.update(duration=_duration, when=_when)
     env.globals.update(funnel=views.funnel, losses=views.losses, evaluations=views.evaluations)
 
     def page(request: Request, name: str, **context: Any) -> Response:

@@ -33,22 +33,32 @@ class StageView:
     artifacts: list[str]
 
     @property
-    def percent(self) -> float | None:
-        """Progress in percent: the work counter when there is one, else shards over the reported total."""
-        if self.progress is not None and self.progress.fraction is not None:
-            return round(100.0 * self.progress.fraction, 1)
+    def shards_total(self) -> int | None:
+        """How many shards the stage has: from its progress record, else from its report."""
+        if self.progress is not None and self.progress.unit == "shards" and self.progress.total:
+            return int(self.progress.total)
         total = (self.report or {}).get("shards")
-        if isinstance(total, int) and total:
+        return total if isinstance(total, int) and total else None
+
+    @property
+    def percent(self) -> float | None:
+        """Percent done: shard stages count done markers (as `status` does), others their work counter."""
+        p = self.progress
+        if p is not None and p.unit != "shards" and p.fraction is not None:
+            return round(100.0 * p.fraction, 1)
+        total = self.shards_total
+        if total:
             return round(100.0 * min(self.shards_done, total) / total, 1)
         return 100.0 if self.state.state in ("succeeded", "skipped") else None
 
     @property
     def done_text(self) -> str:
-        """'7/12 shards' or '1.2e+04/5e+04 tokens'; the shard count when no progress was written."""
+        """'7/12 shards' (done markers) or '1200/5000 tokens' (a training stage's counter)."""
         p = self.progress
-        if p is None:
-            return f"{self.shards_done} shards"
-        return f"{p.done:g}/{p.total:g} {p.unit}"
+        if p is not None and p.unit != "shards":
+            return f"{p.done:g}/{p.total:g} {p.unit}"
+        total = self.shards_total
+        return f"{self.shards_done}/{total} shards" if total else f"{self.shards_done} shards"
 
     @property
     def log_attempts(self) -> list[int]:
@@ -110,13 +120,33 @@ def archived_logs(store: ObjectStore, run: str, stage: str, attempt: int) -> dic
     return out
 
 
-def losses(report: dict[str, Any] | None) -> list[tuple[float, float]]:
-    """A training report's (global step, loss) pairs; [] for other stages."""
+def losses(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A training report's loss curve split per sub-stage, for uPlot: {"x": steps, "series":
+    [{"label": sub-stage, "values": loss or None per step}]}; None for other stages."""
     pairs = (report or {}).get("losses")
     if not isinstance(pairs, list):
-        return []
-    return [(float(p[0]), float(p[1])) for p in pairs
-            if isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(v, int | float) for v in p)]
+        return None
+    points = [(float(p[0]), float(p[1])) for p in pairs
+              if isinstance(p, list | tuple) and len(p) == 2 and all(isinstance(v, int | float) for v in p)]
+    if not points:
+        return None
+    # Sub-stage i owns the global steps after the steps of the sub-stages before it.
+    bounds: list[tuple[str, float]] = []
+    edge = 0.0
+    for s in (report or {}).get("substages") or []:
+        if isinstance(s, dict) and isinstance(s.get("steps"), int | float):
+            edge += float(s["steps"])
+            bounds.append((str(s.get("substage") or s.get("name") or f"part {len(bounds) + 1}"), edge))
+    if not bounds:
+        bounds = [("loss", float("inf"))]
+    labels = [name for name, _ in bounds]
+
+    def owner(step: float) -> int:
+        return next((i for i, (_, end) in enumerate(bounds) if step <= end), len(bounds) - 1)
+
+    series = [{"label": name, "values": [loss if owner(step) == i else None for step, loss in points]}
+              for i, name in enumerate(labels)]
+    return {"x": [step for step, _ in points], "series": series}
 
 
 def funnel(report: dict[str, Any] | None) -> tuple[int, list[dict[str, Any]]] | None:

@@ -202,3 +202,18 @@ class Dashboard:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(timeout=10)
+
+
+def trained_run(store: LocalStore, run: str = "trained") -> None:
+    """A finished run of one pretrain stage with two sub-stages, its report as jobs.pretrain writes it."""
+    now = time.time()
+    st = StageState(name="pretrain", kind="pretrain", state="succeeded", started_at=now - 60, finished_at=now,
+                    attempts=[AttemptRecord(attempt=1, name=f"{run}-pretrain-1", phase="Succeeded",
+                                            submitted_at=now - 60, finished_at=now)])
+    save_state(store, RunState(run=run, run_id="trained-id", status="succeeded", started_at=now - 60,
+                               finished_at=now, stages={"pretrain": st}))
+    losses = [[i, 6.0 - 0.2 * i] for i in range(1, 9)]
+    StageResults(store, run, "pretrain").write_report(1, {
+        "kind": "pretrain", "losses": losses, "final_loss": losses[-1][1], "global_steps": 8,
+        "substages": [{"substage": "alignment", "steps": 3}, {"substage": "advance", "steps": 5}],
+        "summary": "alignment, advance: 8 steps, final loss 4.4"})

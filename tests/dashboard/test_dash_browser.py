@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from dash_support import Dashboard, artifacts_dir, live_run, set_progress
+from dash_support import Dashboard, artifacts_dir, live_run, set_progress, trained_run
 from playwright.sync_api import sync_playwright
 
 from sailk8s.ledger import StageResults
@@ -40,6 +40,7 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def dash(retried_store: LocalStore) -> Iterator[Dashboard]:
     live_run(retried_store)  # a second run, still going, beside the finished one
+    trained_run(retried_store)  # and a training run with a loss curve of two sub-stages
     with Dashboard(retried_store.uri) as d:
         yield d
 
@@ -130,3 +131,11 @@ def test_live_progress_changes_without_a_reload(tab: Page, dash: Dashboard,
     assert page.evaluate("window.__notReloaded") is True
     assert page.inner_text(f"{row} td.pct") == "60.0"
     page.screenshot(path=str(shots / "live-after.png"), full_page=True)
+
+
+def test_loss_curve_per_substage(tab: Page, dash: Dashboard) -> None:
+    page = tab.open(dash.url + "/runs/trained")
+    page.wait_for_selector('div.loss[data-stage="pretrain"] canvas')
+    legend = page.inner_text('div.loss[data-stage="pretrain"] .u-legend')
+    assert "alignment" in legend and "advance" in legend
+    page.screenshot(path=str(artifacts_dir("loss") / "run-trained.png"), full_page=True)
