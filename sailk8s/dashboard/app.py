@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import mimetypes
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ from sailk8s.store.base import ObjectStore
 
 HERE = Path(__file__).resolve().parent
 POLL_SECONDS = 2  # how often a page of a live run asks for fresh progress
+LIVE_LOG_LINES = 2000  # a running attempt's page shows the end of its log
+
+# (run, stage, attempt, run id, backend name) -> the attempt's log lines so far (ranks tagged),
+# or None where this dashboard cannot reach that backend (then only archived logs are shown).
+LiveLogs = Callable[[str, str, int, str, str], list[str] | None]
 
 
 def _name(value: str, what: str) -> str:
@@ -45,8 +51,13 @@ def _when(epoch: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch)) if epoch else "-"
 
 
-def create_app(store: ObjectStore, *, title: str | None = None) -> Starlette:
-    """The dashboard over `store`: runs at /, a run at /runs/<run>, JSON twins under /api/."""
+def create_app(store: ObjectStore, *, title: str | None = None,
+               live_logs: LiveLogs | None = None) -> Starlette:
+    """The dashboard over `store`: runs at /, a run at /runs/<run>, JSON twins under /api/.
+
+    `live_logs` reads a running attempt's log from its backend; without it (the in-cluster
+    dashboard has no API rights) a running attempt's page waits for the archived log.
+    """
     templates = Jinja2Templates(directory=str(HERE / "templates"))
     env = templates.env
     env.globals.update(colours=figures.COLOURS, poll=POLL_SECONDS, store_uri=store.describe(),
@@ -91,9 +102,13 @@ def create_app(store: ObjectStore, *, title: str | None = None) -> Starlette:
         sv = view.stage(stage)
         record = next((a for a in sv.state.attempts if a.attempt == attempt), None) if sv else None
         follow = record is not None and not record.finished
+        live = None
+        if follow and live_logs is not None:
+            lines = live_logs(run, stage, attempt, view.state.run_id or "", view.state.backend)
+            live = None if lines is None else "\n".join(lines[-LIVE_LOG_LINES:])
         template = "logs_body.html" if request.query_params.get("part") == "body" else "logs.html"
         return page(request, template, run=run, stage=stage, attempt=attempt, record=record, follow=follow,
-                    logs=views.archived_logs(store, run, stage, attempt))
+                    logs=views.archived_logs(store, run, stage, attempt), live=live)
 
     def samples_page(request: Request) -> Response:
         run, stage = _stage(request)

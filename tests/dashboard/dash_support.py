@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -167,12 +169,12 @@ def free_port() -> int:
 class Dashboard:
     """`python -m sailk8s ui --store URI` in a subprocess, stopped on exit."""
 
-    def __init__(self, store_uri: str) -> None:
+    def __init__(self, store_uri: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc = subprocess.Popen([sys.executable, "-m", "sailk8s", "ui", "--store", store_uri,
-                                      "--port", str(self.port)], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                      "--port", str(self.port), *args], stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True, env=env)
 
     def __enter__(self) -> Dashboard:
         wait_for(self._up, timeout=60, what=f"the dashboard on {self.url}")
@@ -217,3 +219,20 @@ def trained_run(store: LocalStore, run: str = "trained") -> None:
         "kind": "pretrain", "losses": losses, "final_loss": losses[-1][1], "global_steps": 8,
         "substages": [{"substage": "alignment", "steps": 3}, {"substage": "advance", "steps": 5}],
         "summary": "alignment, advance: 8 steps, final loss 4.4"})
+
+
+def stop_local_run(controller: subprocess.Popen[str], local_dir: Path) -> None:
+    """Kill a LocalBackend run started by a test: its controller, then its attempts by the pids
+    their records hold, then any process that still carries this run's SAIL_LOCAL_DIR."""
+    if controller.poll() is None:
+        controller.kill()
+        controller.wait(timeout=30)
+    for rec in list(local_dir.rglob("child.json")) + list(local_dir.rglob("supervisor.json")):
+        with contextlib.suppress(Exception):
+            os.killpg(int(json.loads(rec.read_text())["pid"]), signal.SIGKILL)
+    marker = f"SAIL_LOCAL_DIR={local_dir}".encode()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            with contextlib.suppress(OSError):
+                if marker in (entry / "environ").read_bytes().split(b"\0"):
+                    os.kill(int(entry.name), signal.SIGKILL)

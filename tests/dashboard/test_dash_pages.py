@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from dash_support import Dashboard
+import yaml
+from dash_support import Dashboard, run_env, stop_local_run, wait_for
 
+from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
 
 pytestmark = pytest.mark.slow
@@ -76,3 +81,27 @@ def test_run_page_is_served_fast(dash: Dashboard) -> None:
     start = time.perf_counter()
     code, _ = dash.get("/runs/r1")
     assert code == 200 and time.perf_counter() - start < 1.0
+
+
+def test_a_running_attempts_log_is_read_live_from_its_backend(tmp_path: Path) -> None:
+    store_dir, local = tmp_path / "store", tmp_path / "local"
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"run": "hung", "backend": "local", "store": f"file://{store_dir}",
+                                    "stages": [{"name": "h", "kind": "ingest", "outputs": ["data/h"]}]}))
+    env = run_env(local, {"h": {"hang": True}})
+    controller = subprocess.Popen([sys.executable, "-m", "sailk8s", "run", "-f", str(path)], env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, text=True)
+    try:
+        store = LocalStore(store_dir, durable=False)
+        wait_for(lambda: (s := load_state(store, "hung")) is not None and s.stages["h"].attempts,
+                 timeout=120, what="the attempt to start")
+        with Dashboard(f"file://{store_dir}", "-f", str(path), env=env) as dash:
+            def live_page() -> str | None:
+                body = dash.get("/runs/hung/stages/h/logs/1")[1]
+                return body if "hanging" in body else None
+
+            body = wait_for(live_page, timeout=120, what="the live log on the page")
+            assert 'data-rank="live"' in body and "attempt still running: following" in body
+            assert 'hx-trigger="every 2s"' in body  # the page follows it
+    finally:
+        stop_local_run(controller, local)
