@@ -62,3 +62,10 @@ def test_service_selects_only_the_dashboard_pod(render: Any) -> None:
     assert svc["spec"]["selector"].items() <= labels.items()
     assert svc["spec"]["selector"]["app.kubernetes.io/component"] == "dashboard"
     assert svc["spec"]["ports"] == [{"name": "http", "port": 8080, "targetPort": "http"}]
+
+
+def test_notes_say_how_to_reach_it(render_raw: Any) -> None:
+    notes = next(t for p, t in render_raw(ON).items() if p.endswith("NOTES.txt"))
+    assert "port-forward svc/sail-pipeline-dashboard 8080:8080" in notes
+    default = next(t for p, t in render_raw().items() if p.endswith("NOTES.txt"))
+    assert "dashboard" not in default
