@@ -116,9 +116,20 @@ def create_app(store: ObjectStore, *, title: str | None = None,
         shard = request.query_params.get("shard") or (shards[0] if shards else None)
         if shard is not None:
             shard = _name(shard, "shard id")
-        found = samples.read_samples(store, run, stage, shard) if shard else []
+        # A stage with an input stage shows that stage's samples with its own verdict on each.
+        view = _view(run)
+        sv = view.stage(stage)
+        upstream = next((d for d in (sv.depends if sv else []) if view.stage(d)), None)
+        verdicts = upstream is not None and request.query_params.get("view", "verdicts") == "verdicts"
+        if shard is None:
+            found = []
+        elif verdicts and upstream is not None:
+            found = samples.read_verdicts(store, run, stage, upstream, shard)
+        else:
+            found = samples.read_samples(store, run, stage, shard)
         return page(request, "samples.html", run=run, stage=stage, shards=shards, shard=shard, samples=found,
-                    report=StageResults(store, run, stage).read_report())
+                    report=StageResults(store, run, stage).read_report(), upstream=upstream,
+                    verdicts=verdicts)
 
     def sample_image(request: Request) -> Response:
         run, stage = _stage(request)

@@ -24,6 +24,8 @@ class BrowsedSample:
     key: str
     meta: dict[str, Any] = field(default_factory=dict)
     image_ext: str | None = None
+    stage: str = ""  # the stage whose shard holds it (an upstream one for a dropped sample)
+    verdict: str = "kept"
 
     @property
     def alt_text(self) -> str:
@@ -88,7 +90,23 @@ def read_samples(store: ObjectStore, run: str, stage: str, shard: str,
             except (ValueError, UnicodeDecodeError):
                 meta = {}
         ext = next((e for e in IMAGE_TYPES if e in files), None)
-        out.append(BrowsedSample(key=key, meta=meta, image_ext=ext))
+        out.append(BrowsedSample(key=key, meta=meta, image_ext=ext, stage=stage))
+    return out
+
+
+def read_verdicts(store: ObjectStore, run: str, stage: str, upstream: str, shard: str,
+                  limit: int = 48) -> list[BrowsedSample]:
+    """The upstream stage's samples of `shard` (the same shard id: a stage keeps its input's shard
+    ids), each marked kept or dropped by whether `stage` wrote it; a kept one shows its output
+    (with the scores the stage added)."""
+    kept = {s.key: s for s in read_samples(store, run, stage, shard, limit=10**9)}
+    out = []
+    for s in read_samples(store, run, upstream, shard, limit=limit):
+        if s.key in kept:
+            out.append(kept[s.key])
+        else:
+            s.verdict = "dropped"
+            out.append(s)
     return out
 
 

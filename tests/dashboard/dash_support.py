@@ -125,8 +125,13 @@ def add_figures(store: LocalStore, run: str) -> None:
     caption quality, the funnel with a kept shard to browse, accuracy with example predictions."""
     cap = StageResults(store, run, "caption")
     cap.write_report(2, {**(cap.read_report() or {}), "caption_quality": QUALITY})
-    samples = [{"key": f"s{i:03d}", "alt_text": f"alt text {i}", "recaption": f"a red square number {i}",
-                "scores": {"judge_alignment": 0.91 - i / 100}} for i in range(6)]
+    captioned = [{"key": f"s{i:03d}", "alt_text": f"alt text {i}", "recaption": f"a red square number {i}"}
+                 for i in range(8)]
+    tar = shard_tar(captioned)  # what caption wrote; the filter keeps s000..s005 and drops s006, s007
+    store.put("data/b/shard-000000.tar", tar)
+    ShardLedger(store, run, "caption").mark_done("shard-000000", "data/b/shard-000000.tar",
+                                                 hashlib.sha256(tar).hexdigest(), len(captioned), 2)
+    samples = [{**s, "scores": {"judge_alignment": 0.91 - i / 100}} for i, s in enumerate(captioned[:6])]
     tar = shard_tar(samples)
     store.put("data/c/shard-000000.tar", tar)
     ShardLedger(store, run, "filter").mark_done("shard-000000", "data/c/shard-000000.tar",

@@ -100,14 +100,16 @@ def test_sample_browser(tab: Page, dash: Dashboard) -> None:
     page.wait_for_selector("figure.sample img")
     shots = artifacts_dir("samples")
     figures = page.locator("figure.sample")
-    assert figures.count() == 6
+    assert figures.count() == 8
+    assert [figures.nth(i).get_attribute("data-verdict") for i in range(8)] == ["kept"] * 6 + ["dropped"] * 2
+    assert figures.nth(7).locator(".verdict").inner_text() == "dropped"
     first = figures.first
     assert first.locator(".alt").inner_text() == "alt text 0"
     assert first.locator(".caption").inner_text() == "a red square number 0"
     assert "judge_alignment" in first.locator(".scores").inner_text()
     page.wait_for_function("[...document.querySelectorAll('figure.sample img')].every(i => i.complete)")
     widths = page.eval_on_selector_all("figure.sample img", "imgs => imgs.map(i => i.naturalWidth)")
-    assert widths == [8] * 6  # every image decoded
+    assert widths == [8] * 8  # every image decoded, the dropped ones' from caption's shard
     page.screenshot(path=str(shots / "samples-filter.png"), full_page=True)
 
 

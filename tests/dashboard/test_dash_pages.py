@@ -57,11 +57,16 @@ def test_archived_logs_of_the_failed_attempt(dash: Dashboard) -> None:
     assert "Failed [app]" in body
 
 
-def test_sample_browser_shows_image_alt_text_recaption_and_scores(dash: Dashboard) -> None:
+def test_sample_browser_shows_image_alt_text_recaption_scores_and_verdict(dash: Dashboard) -> None:
     code, body = dash.get("/runs/r1/stages/filter/samples")
     assert code == 200
-    assert body.count('<figure class="sample"') == 6
+    # The filter's input (caption's shard) with the filter's verdict on each sample.
+    assert body.count('data-verdict="kept"') == 6 and body.count('data-verdict="dropped"') == 2
+    assert '<figure class="sample dropped" data-key="s007"' in body
     assert "alt text 3" in body and "a red square number 3" in body and "judge_alignment 0.88" in body
+    assert "/runs/r1/stages/caption/samples/shard-000000/image?key=s007" in body  # a dropped one's image
+    outputs = dash.get("/runs/r1/stages/filter/samples?view=outputs")[1]
+    assert outputs.count('data-verdict="kept"') == 6 and 'data-verdict="dropped"' not in outputs
     with urllib.request.urlopen(dash.url + "/runs/r1/stages/filter/samples/shard-000000/image?key=s003") as r:
         assert r.headers["Content-Type"] == "image/png" and r.read().startswith(b"\x89PNG")
 
