@@ -5,14 +5,10 @@ from __future__ import annotations
 import time
 
 import click
-import structlog
 
 from sailk8s.cli.runtools import is_tty, json_line, settings_from
-from sailk8s.errors import StoreError
-from sailk8s.ledger.runstate import RunSummary, list_runs, load_state, summarize
+from sailk8s.ledger.runstate import run_summaries
 from sailk8s.store.base import ObjectStore
-
-log = structlog.get_logger(__name__)
 
 STORE_OPTION = click.option("--store", "store_uri", default=None, envvar="SAIL_STORE",
                             help="Store URI (file://, s3://); default: the store of -f's pipeline.")
@@ -34,20 +30,6 @@ def store_from_options(ctx: click.Context, store_uri: str | None, path: str | No
     raise click.UsageError("give --store URI (or $SAIL_STORE) or -f PIPELINE")
 
 
-def summaries(store: ObjectStore) -> list[RunSummary]:
-    """Every run of the store with a readable state, newest first."""
-    out = []
-    for name in list_runs(store):
-        try:
-            state = load_state(store, name)
-        except StoreError as err:  # one unreadable state.json must not hide the other runs
-            log.warning("skipping unreadable run state", run=name, error=str(err))
-            continue
-        if state is not None:
-            out.append(summarize(state))
-    return sorted(out, key=lambda s: s.started_at or 0.0, reverse=True)
-
-
 def age(seconds: float | None) -> str:
     """kubectl's way of writing a duration: 45s, 12m, 3h, 2d."""
     if seconds is None:
@@ -67,7 +49,7 @@ def age(seconds: float | None) -> str:
 def runs(ctx: click.Context, store_uri: str | None, path: str | None, as_json: bool) -> None:
     """List the runs in a store: status, age, duration, stages done/total, failed stages."""
     store = store_from_options(ctx, store_uri, path)
-    rows = summaries(store)
+    rows = run_summaries(store)
     if as_json or not is_tty():
         for r in rows:
             json_line(r.model_dump())

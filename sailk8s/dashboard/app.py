@@ -19,6 +19,7 @@ from sailk8s.dashboard import figures, samples, views
 from sailk8s.errors import StoreKeyError
 from sailk8s.ledger import StageResults
 from sailk8s.ledger.paths import segment
+from sailk8s.ledger.runstate import run_summaries
 from sailk8s.store.base import ObjectStore
 
 HERE = Path(__file__).resolve().parent
@@ -69,7 +70,7 @@ def create_app(store: ObjectStore, *, title: str | None = None,
         return templates.TemplateResponse(request, name, context)
 
     def runs_page(request: Request) -> Response:
-        return page(request, "runs.html", runs=views.run_summaries(store))
+        return page(request, "runs.html", runs=run_summaries(store))
 
     def _view(run: str) -> views.RunView:
         view = views.run_view(store, _name(run, "run name"))
@@ -152,7 +153,7 @@ def create_app(store: ObjectStore, *, title: str | None = None,
         return Response(data, media_type=media)
 
     def api_runs(request: Request) -> Response:
-        return JSONResponse([r.model_dump() for r in views.run_summaries(store)])
+        return JSONResponse([r.model_dump() for r in run_summaries(store)])
 
     def api_run(request: Request) -> Response:
         view = _view(request.path_params["run"])

@@ -6,16 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sailk8s.errors import StoreError
 from sailk8s.ledger import ProgressRecord, StageResults
-from sailk8s.ledger.runstate import (
-    RunState,
-    RunSummary,
-    StageState,
-    list_runs,
-    load_state,
-    summarize,
-)
+from sailk8s.ledger.runstate import RunState, RunSummary, StageState, load_state, summarize
 from sailk8s.store.base import ObjectStore
 
 
@@ -78,19 +70,6 @@ class RunView:
     def stage(self, name: str) -> StageView | None:
         """The named stage's view, None if the run has none of that name."""
         return next((s for s in self.stages if s.name == name), None)
-
-
-def run_summaries(store: ObjectStore) -> list[RunSummary]:
-    """Every run with a readable state, newest first (an unreadable state is left out, not fatal)."""
-    out = []
-    for name in list_runs(store):
-        try:
-            state = load_state(store, name)
-        except StoreError:
-            continue
-        if state is not None:
-            out.append(summarize(state))
-    return sorted(out, key=lambda s: s.started_at or 0.0, reverse=True)
 
 
 def run_view(store: ObjectStore, run: str) -> RunView | None:

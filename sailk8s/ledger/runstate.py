@@ -11,11 +11,14 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, Field, ValidationError
 
 from sailk8s.errors import ObjectNotFound, StoreError
 from sailk8s.ledger.paths import RunPaths
 from sailk8s.store.base import ObjectStore
+
+log = structlog.get_logger(__name__)
 
 # Stage state words shown by `status` (attempt phases use sailk8s.backends.base.Phase).
 PENDING = "pending"  # not started yet
@@ -191,3 +194,18 @@ def summarize(state: RunState, now: float | None = None) -> RunSummary:
                       stages_done=sum(s.state in DONE for s in state.stages.values()),
                       stages_total=len(state.stages),
                       failed=[n for n, s in state.stages.items() if s.state == FAILED])
+
+
+def run_summaries(store: ObjectStore, now: float | None = None) -> list[RunSummary]:
+    """Every run with a readable state, newest first; an unreadable state.json is skipped (logged),
+    so one broken run never hides the others."""
+    out = []
+    for name in list_runs(store):
+        try:
+            state = load_state(store, name)
+        except StoreError as err:
+            log.warning("skipping unreadable run state", run=name, error=str(err))
+            continue
+        if state is not None:
+            out.append(summarize(state, now))
+    return sorted(out, key=lambda s: s.started_at or 0.0, reverse=True)

@@ -67,3 +67,12 @@ def test_status_of_an_unknown_run_names_the_runs_command(tmp_path: Path) -> None
     _store(tmp_path)
     res = CliRunner().invoke(cli, ["status", "nope", "--store", f"file://{tmp_path / 'store'}"])
     assert res.exit_code != 0 and "sailk8s runs --store" in str(res.exception)
+
+
+def test_an_unreadable_run_state_hides_no_other_run(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    store.put("runs/broken/state.json", b'{"run": "broken", "stages": 3}')
+    res = CliRunner().invoke(cli, ["runs", "--store", f"file://{tmp_path / 'store'}"])
+    assert res.exit_code == 0, res.output
+    runs = [json.loads(line)["run"] for line in res.output.splitlines() if line.startswith("{")]
+    assert runs == ["new", "old"]
