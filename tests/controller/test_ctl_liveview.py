@@ -73,3 +73,19 @@ def test_run_on_a_terminal_shows_bars_events_once_and_a_summary(tmp_path: Path, 
     assert "run r1" in out
     assert re.search(r"│ b\s+│ succeeded\s+│ 2\s+│", out), out[-3000:]
     assert StageResults(file_store, "r1", "b").read_report() is not None
+
+
+@pytest.mark.slow
+def test_submit_on_a_terminal_shows_its_stage_live_and_a_summary(tmp_path: Path, local_env: dict[str, Path],
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    set_fake(monkeypatch, a={"shards": 3, "fail": {"1": 1}, "fail_after": 1})
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump({"run": "r2", "backend": "local", "store": f"file://{local_env['store']}",
+                                    "stages": [{"name": "a", "kind": "ingest", "outputs": ["data/a"],
+                                                "retry": RETRY}]}))
+    code, out = run_on_a_terminal(["submit", "a", "-f", str(path)])
+    assert code == 0, out[-3000:]
+    assert out.count("a: attempt 1 failed [app]") == 1 and out.count("a: attempt 2 succeeded") == 1
+    assert "[info" not in out and "[warning" not in out
+    assert re.search(r"^a\s+.*100%.*3/3 shards", out, re.M), out[-3000:]
+    assert re.search(r"│ a\s+│ succeeded\s+│ 2\s+│", out), out[-3000:]
