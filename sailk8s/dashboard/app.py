@@ -72,8 +72,8 @@ def create_app(store: ObjectStore, *, title: str | None = None,
     def runs_page(request: Request) -> Response:
         return page(request, "runs.html", runs=run_summaries(store))
 
-    def _view(run: str) -> views.RunView:
-        view = views.run_view(store, _name(run, "run name"))
+    def _view(run: str, artifacts: bool = True) -> views.RunView:
+        view = views.run_view(store, _name(run, "run name"), artifacts=artifacts)
         if view is None:
             raise HTTPException(404, f"no run {run!r} in this store")
         return view
@@ -89,7 +89,7 @@ def create_app(store: ObjectStore, *, title: str | None = None,
         return page(request, "run.html", **_run_context(view))
 
     def run_live(request: Request) -> Response:
-        view = _view(request.path_params["run"])
+        view = _view(request.path_params["run"], artifacts=False)
         return page(request, "live.html", **_run_context(view))
 
     def _stage(request: Request) -> tuple[str, str]:

@@ -72,8 +72,9 @@ class RunView:
         return next((s for s in self.stages if s.name == name), None)
 
 
-def run_view(store: ObjectStore, run: str) -> RunView | None:
-    """The run page's data, None when the store has no state for `run`."""
+def run_view(store: ObjectStore, run: str, *, artifacts: bool = True) -> RunView | None:
+    """The run page's data, None when the store has no state for `run`; the live part, polled
+    every few seconds, leaves the artifact listings out (one store listing less per stage)."""
     state = load_state(store, run)
     if state is None:
         return None
@@ -84,7 +85,7 @@ def run_view(store: ObjectStore, run: str) -> RunView | None:
         view.stages.append(StageView(
             name=name, kind=st.kind or "-", depends=list(st.depends), state=st,
             progress=results.read_progress(), report=results.read_report(),
-            shards_done=len(results.shards.done()), artifacts=results.artifacts()))
+            shards_done=len(results.shards.done()), artifacts=results.artifacts() if artifacts else []))
     return view
 
 
