@@ -78,14 +78,16 @@ def check_filter(store: Path) -> None:
     assert report["kept"] + report["dropped_total"] == report["samples_in"]
 
 
+# About 9 minutes on an idle 2-core machine; a machine busy with other work (seen: 3x slower)
+# must not fail it, so the bound is a hang guard, not a speed claim.
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(3000)
 def test_quickstart_runs_every_stage_and_learns_the_digits(tmp_path: Path) -> None:
     pipeline = tmp_path / "quickstart.yaml"
     shutil.copy(ROOT / "examples" / "quickstart.yaml", pipeline)
     env = {**os.environ, "SAIL_LOCAL_DIR": str(tmp_path / "local")}
     proc = subprocess.run([sys.executable, "-m", "sailk8s", "run", "-f", str(pipeline)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+                          capture_output=True, text=True, timeout=2900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     events = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert events[-1]["event"] == "run_finished" and events[-1]["status"] == "succeeded"
