@@ -1,4 +1,4 @@
-"""The pre-install hook's script, run against a fake API server on 127.0.0.1, names the cause."""
+"""The pre-install hook's script against a fake API server: API discovery only, the cause named."""
 
 from __future__ import annotations
 
@@ -15,18 +15,14 @@ from typing import Any
 import pytest
 from chartkit import find
 
-CRD_PATH = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions/pytorchjobs.kubeflow.org"
+DISCOVERY_PATH = "/apis/kubeflow.org/v1"  # readable by every authenticated account (system:discovery)
 
 
-def crd(*served: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-        "metadata": {"name": "pytorchjobs.kubeflow.org"},
-        "spec": {"group": "kubeflow.org", "scope": "Namespaced",
-                 "names": {"kind": "PyTorchJob", "plural": "pytorchjobs"},
-                 "versions": [{"name": v, "served": True, "storage": i == 0} for i, v in enumerate(served)]
-                 + [{"name": "v1alpha1", "served": False, "storage": False}]},
-    }
+def discovery(*resources: str) -> dict[str, Any]:
+    """The APIResourceList the API server answers for kubeflow.org/v1."""
+    return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "kubeflow.org/v1",
+            "resources": [{"name": r, "singularName": "", "namespaced": True, "kind": r.title(),
+                           "verbs": ["get", "list", "create"]} for r in resources]}
 
 
 def status(code: int, reason: str) -> dict[str, Any]:
@@ -34,7 +30,7 @@ def status(code: int, reason: str) -> dict[str, Any]:
 
 
 class FakeAPI:
-    """Answers the CRD GET with whatever the test set; records the paths asked for."""
+    """Answers the discovery GET with whatever the test set; records the paths asked for."""
 
     def __init__(self) -> None:
         self.answer: tuple[int, dict[str, Any]] = (404, status(404, "NotFound"))
@@ -44,7 +40,7 @@ class FakeAPI:
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 api.paths.append(self.path)
-                code, body = api.answer if self.path == CRD_PATH else (404, status(404, "NotFound"))
+                code, body = api.answer if self.path == DISCOVERY_PATH else (404, status(404, "NotFound"))
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -101,10 +97,11 @@ def run_check(script: str, api: FakeAPI, tmp_path: Path) -> subprocess.Completed
 
 @pytest.mark.parametrize(("answer", "rc", "message"), [
     ((404, status(404, "NotFound")), 1,
-     "PyTorchJob CRD not found: install the Kubeflow Training Operator v1.9: kubectl apply "),
-    ((200, crd("v1")), 0, "ok: pytorchjobs.kubeflow.org serves kubeflow.org/v1"),
-    ((200, crd("v2beta1")), 1, "PyTorchJob CRD serves v2beta1, not kubeflow.org/v1"),
-    ((403, status(403, "Forbidden")), 1, "(HTTP 403): the check's ClusterRole was not applied"),
+     "PyTorchJobs are not served (kubeflow.org/v1 is not an API group version of this cluster): install the "
+     "Kubeflow Training Operator v1.9: kubectl apply "),
+    ((200, discovery("pytorchjobs", "pytorchjobs/status")), 0, "ok: kubeflow.org/v1 serves pytorchjobs"),
+    ((200, discovery("tfjobs")), 1, "kubeflow.org/v1 is served but without pytorchjobs (tfjobs)"),
+    ((403, status(403, "Forbidden")), 1, "(HTTP 403): the hook's service account is not authenticated"),
 ])
 def test_check_names_the_cause(check_script: str, fake_api: FakeAPI, tmp_path: Path,
                                answer: tuple[int, dict[str, Any]], rc: int, message: str) -> None:
@@ -115,4 +112,4 @@ def test_check_names_the_cause(check_script: str, fake_api: FakeAPI, tmp_path: P
     assert message in out
     assert "Traceback" not in result.stderr
     assert len(out.strip().splitlines()) == 1  # one line naming the cause
-    assert fake_api.paths[-1] == CRD_PATH
+    assert fake_api.paths == [DISCOVERY_PATH] * len(fake_api.paths)  # discovery only
