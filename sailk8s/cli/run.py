@@ -33,9 +33,14 @@ from sailk8s.cli.runtools import (
 @click.option("--run", "run_name", default=None, help="Run name (default: the file's `run`).")
 @click.option("--lock-wait", type=float, default=0.0, show_default=True,
               help="Seconds to wait for another controller of this run to finish.")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan (order, skipped, refused or redone stages, attempt names) and write "
+                   "nothing, to the store or any API.")
+@click.option("-o", "--output", type=click.Choice(["table", "yaml"]), default="table", show_default=True,
+              help="With --dry-run: `yaml` prints the job each stage to run would submit.")
 @click.pass_context
 def run(ctx: click.Context, path: str, only: str | None, rerun: str | None, rerun_changed: bool,
-        run_name: str | None, lock_wait: float) -> None:
+        run_name: str | None, lock_wait: float, dry_run: bool, output: str) -> None:
     """Run the pipeline's stages in dependency order, skipping those already complete."""
     from sailk8s.controller import Controller
 
@@ -43,6 +48,11 @@ def run(ctx: click.Context, path: str, only: str | None, rerun: str | None, reru
     pipeline = pipeline_for(path, run_name)
     selected = _names(only) or None
     store = open_pipeline_store(pipeline, settings)
+    if dry_run:
+        from sailk8s.cli.dryrun import print_plan
+
+        print_plan(pipeline, store, settings, selected, _names(rerun), rerun_changed, output)
+        return
     backend = backend_for(pipeline, store, settings)
     tty = is_tty()
     for line in kubectl_lines(pipeline, settings):

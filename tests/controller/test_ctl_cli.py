@@ -12,37 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from ctl_support import CONTROLLERS, set_fake
+from ctl_support import CONTROLLERS, sail, set_fake, write_pipeline
 
 from sailk8s.cli.runtools import kubectl_lines
 from sailk8s.ledger.runstate import load_state
 from sailk8s.settings import Settings
 from sailk8s.spec import parse_pipeline
 from sailk8s.store.local import LocalStore
-
-FAST_RETRY = {"max_attempts": 2, "backoff_base_seconds": 0.1, "backoff_cap_seconds": 0.2}
-
-
-def write_pipeline(tmp: Path, store: Path, **overrides: dict[str, Any]) -> Path:
-    stages = [
-        {"name": "a", "kind": "ingest", "outputs": ["data/a"], "retry": FAST_RETRY},
-        {"name": "b", "kind": "caption", "depends": ["a"], "inputs": ["data/a"], "outputs": ["data/b"],
-         "config": {"preset": "tiny"},
-         "retry": FAST_RETRY},
-        {"name": "c", "kind": "filter", "outputs": ["data/c"], "retry": FAST_RETRY},
-    ]
-    for s in stages:
-        s.update(overrides.get(str(s["name"]), {}))
-    path = tmp / "pipeline.yaml"
-    path.write_text(yaml.safe_dump({"run": "r1", "backend": "local", "store": f"file://{store}",
-                                    "stages": stages}))
-    return path
-
-
-def sail(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sailk8s", *args], capture_output=True, text=True,
-                          timeout=timeout, env=os.environ.copy())
 
 
 def start(*args: str) -> subprocess.Popen[str]:
