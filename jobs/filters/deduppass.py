@@ -1,15 +1,4 @@
-"""The filter stage's dedup on its own ranks: index, decide by partition, resolve, then apply.
-
-1. index: each rank hashes the survivors of the pre-dedup filters in its own shards and writes
-   their records by partition (content hash for exact, band bucket for near);
-2. decide: rank r takes partitions r, r + W, ...; each gives duplicate edges;
-3. resolve: every rank reads all edges (one per duplicate) and finds the connected components;
-4. apply: a shard's samples are dropped by looking up its own slice of the decisions.
-Each index (a shard) and decision (a partition) is a unit of the store: a killed rank's
-half-done unit is redone, a missing one is taken over after `steal_after_seconds` of silence,
-and the result is a pure function of all records: the same survivors at any world size.
-The files live under a prefix keyed by the dedup config AND the input's identity.
-"""
+"""The filter stage's dedup on its own ranks: index, decide by partition, resolve, then apply."""
 
 from __future__ import annotations
 
@@ -95,7 +84,18 @@ def _done(stage: StageRun, prefix: str, suffix: str) -> set[str]:
 
 
 def run_dedup(stage: StageRun, chain: Chain, units: list[WorkUnit]) -> Duplicates:
-    """All passes but apply, on this rank; the returned decision is every rank's same one."""
+    """All passes but apply, on this rank; the returned decision is every rank's same one.
+
+    1. index: each rank hashes the survivors of the pre-dedup filters in its own shards and writes
+       their records by partition (content hash for exact, band bucket for near);
+    2. decide: rank r takes partitions r, r + W, ...; each gives duplicate edges;
+    3. resolve: every rank reads all edges (one per duplicate) and finds the connected components;
+    4. apply: a shard's samples are dropped by looking up its own slice of the decisions.
+    Each index (a shard) and decision (a partition) is a unit of the store: a killed rank's
+    half-done unit is redone, a missing one is taken over after `steal_after_seconds` of silence,
+    and the result is a pure function of all records: the same survivors at any world size.
+    The files live under a prefix keyed by the dedup config AND the input's identity.
+    """
     cfg = chain.dedup_cfg
     assert cfg is not None
     plan = plan_for(stage, chain, units)

@@ -1,13 +1,4 @@
-"""The partitioned dedup's files in the store: index per (shard, partition), edges per partition.
-
-    plan = DedupPlan(prefix, shard_ids, partitions=32, max_distance=4, hash_bytes=32)
-    write_index(store, plan, shard_id, dupgraph.partitioned(...))   # index pass, one shard
-    edges = partition_edges(store, plan, part)                      # decision pass, one partition
-    write_edges(store, plan, part, edges); all_edges(store, plan)   # then dupgraph.resolve
-
-Each unit is its files, then a small `_done` object naming them (written last), so a killed
-rank's half-written unit is simply redone. Arrays travel as .npz (numpy, no pickle).
-"""
+"""The partitioned dedup's files in the store: index per (shard, partition), edges per partition."""
 
 from __future__ import annotations
 
@@ -27,7 +18,16 @@ _FIELDS = ("exact_gid", "content", "near_gid", "band", "phash")
 
 @dataclass(frozen=True)
 class DedupPlan:
-    """What every rank agrees on: where the files live, the shards in gid order, the partitioning."""
+    """What every rank agrees on: where the files live, the shards in gid order, the partitioning.
+
+        plan = DedupPlan(prefix, shard_ids, partitions=32, max_distance=4, hash_bytes=32)
+        write_index(store, plan, shard_id, dupgraph.partitioned(...))   # index pass, one shard
+        edges = partition_edges(store, plan, part)                      # decision pass, one partition
+        write_edges(store, plan, part, edges); all_edges(store, plan)   # then dupgraph.resolve
+
+    Each unit is its files, then a small `_done` object naming them (written last), so a killed
+    rank's half-written unit is simply redone. Arrays travel as .npz (numpy, no pickle).
+    """
 
     prefix: str  # ends with "/": StageResults.derived_prefix, keyed by config and input identity
     shards: tuple[str, ...]  # input shard ids; a shard's place here is its gid's shard rank

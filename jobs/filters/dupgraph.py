@@ -1,21 +1,4 @@
-"""Partitioned dedup as array math: index records by partition, duplicate edges, components.
-
-Every sample has a global id `gid = shard_rank << 32 | key_rank` (its shard's place among the
-input shards, its key's place among the shard's sorted keys), so "keep the smallest (shard,
-key)" is "keep the smallest gid". The pure steps, each on numpy arrays:
-
-    exact, near = index_records(gids, contents, phashes, max_distance, partitions)
-    part_of(exact)/part_of(near) -> the partition of every record
-    edges = exact_edges(exact_part) + near_edges(near_part, max_distance)   # within one partition
-    dropped, reasons = resolve(edges)        # connected components, smallest gid of each kept
-
-Near duplicates use the pigeonhole principle: the hash's bytes are split into max_distance+1
-bands; two hashes within the distance agree on at least one band, so they meet in that band's
-bucket. Buckets are keyed by a 64-bit mix of (band, band bytes) and candidates are verified by
-their exact Hamming distance (popcount), so a bucket collision never makes a false edge. A pair
-that agrees on several bands meets in several buckets (often in different partitions); only the
-bucket of the first band they agree on gives its edge, so each pair is one edge in all.
-"""
+"""Partitioned dedup as array math: index records by partition, duplicate edges, components."""
 
 from __future__ import annotations
 
@@ -42,7 +25,12 @@ def mix64(x: np.ndarray) -> np.ndarray:
 
 
 def gid(shard_rank: int | np.ndarray, key_rank: int | np.ndarray) -> np.ndarray:
-    """The global id: shard rank in the high 32 bits, key rank in the low 32."""
+    """The global id: shard rank in the high 32 bits, key rank in the low 32.
+
+    Every sample has a global id `gid = shard_rank << 32 | key_rank` (its shard's place among the
+    input shards, its key's place among the shard's sorted keys), so "keep the smallest (shard,
+    key)" is "keep the smallest gid".
+    """
     return (np.asarray(shard_rank, dtype=np.uint64) << np.uint64(32)) | np.asarray(key_rank, dtype=np.uint64)
 
 
@@ -116,7 +104,22 @@ class Records:
 
 def partitioned(gids: np.ndarray, contents: np.ndarray | None, phashes: np.ndarray | None,
                 max_distance: int, partitions: int) -> dict[int, Records]:
-    """One shard's records split by partition: exact by content, near by bucket (one per band)."""
+    """One shard's records split by partition: exact by content, near by bucket (one per band).
+
+    The pure steps, each on numpy arrays:
+
+        exact, near = index_records(gids, contents, phashes, max_distance, partitions)
+        part_of(exact)/part_of(near) -> the partition of every record
+        edges = exact_edges(exact_part) + near_edges(near_part, max_distance)   # within one partition
+        dropped, reasons = resolve(edges)        # connected components, smallest gid of each kept
+
+    Near duplicates use the pigeonhole principle: the hash's bytes are split into max_distance+1
+    bands; two hashes within the distance agree on at least one band, so they meet in that band's
+    bucket. Buckets are keyed by a 64-bit mix of (band, band bytes) and candidates are verified by
+    their exact Hamming distance (popcount), so a bucket collision never makes a false edge. A pair
+    that agrees on several bands meets in several buckets (often in different partitions); only the
+    bucket of the first band they agree on gives its edge, so each pair is one edge in all.
+    """
     nb = 0 if phashes is None else phashes.shape[1]
     none = np.empty(0, np.uint64)
     out: dict[int, list[Records]] = {}
