@@ -58,7 +58,9 @@ class DedupFilter(_Strict):
     max_distance: int = Field(default=4, ge=0, le=31)  # Hamming distance of the pHashes
     hash_size: Literal[8, 16] = 8  # pHash side: 8 -> 64 bits, 16 -> 256 bits
     # Index and decision work is split into this many partitions (by content and band bucket),
-    # decided by rank r for partitions r, r + W, ...: memory per rank ~ N / min(P, W).
+    # decided by rank r for partitions r, r + W, ...: one partition in memory at a time, so the
+    # decision's memory per rank is ~ N / P (raise P with N: benchmarks/dedup_scale.py); the
+    # resolve step then reads every duplicate edge (about one per duplicate) on every rank.
     partitions: int = Field(default=32, ge=1, le=65536)
     # Seconds with no unit finished by any rank before a rank does a missing one itself.
     steal_after_seconds: float = Field(default=60.0, ge=0)
