@@ -59,7 +59,8 @@ pytestmark = [
 
 
 def pipeline(store: str, backend: str, sft_memory: str = MEMORY) -> dict[str, Any]:
-    """ingest (sail-filter) -> filter over 2 ranks (sail-filter) | sft of a tiny VLM (sail-train)."""
+    """ingest (sail-filter) -> filter over 2 ranks (sail-filter) | sft of a tiny VLM with DeepSpeed
+    ZeRO-2 (sail-train): 4 steps, about 10 s in a container here."""
     retry = {"max_attempts": 1, "backoff_base_seconds": 0.5, "max_infra_retries": 2}
 
     def res(image: str, memory: str = "2Gi", procs: int = 1) -> dict[str, Any]:
@@ -79,7 +80,7 @@ def pipeline(store: str, backend: str, sft_memory: str = MEMORY) -> dict[str, An
              {"type": "minilm", "min_similarity": None}]}},
         {"name": "sft", "kind": "sft", "depends": ["ingest"], "inputs": ["data/samples/sft-knowledge"],
          "outputs": ["models/sft"], "resources": res("train", memory=sft_memory), "retry": retry,
-         "config": {"model": {"preset": "tiny"}, "seq_len": 256, "deepspeed": False, "checkpoint_every": 2,
+         "config": {"model": {"preset": "tiny"}, "seq_len": 256, "zero_stage": 2, "checkpoint_every": 2,
                     "stages": [{"name": "knowledge", "max_steps": 4, "lr": 2.0e-3, "global_batch": 4,
                                 "micro_batch": 4, "mix": [{"prefix": "data/samples/sft-knowledge"}]}]}},
     ]
@@ -211,9 +212,10 @@ def test_stages_run_in_their_images_against_s3(tmp_path: Path, s3: S3Server,
     status = sail("status", "-f", str(oom), "--json", env=env)
     rows = {r["stage"]: r for r in json.loads(status.stdout.strip().splitlines()[-1])["stages"]}
     assert "OOMKilled" in rows["sft"]["last_error"] and "raise resources.memory" in rows["sft"]["last_error"]
-    # What kubectl and `logs` read is the container's own output (the launcher's verdict included).
+    # What kubectl and `logs` read is the container's own output.
     logs = sail("logs", RUN, "ingest", "-p", str(oom), env=env)
-    assert logs.returncode == 0 and "ingest" in logs.stdout, logs.stderr[-2000:]
+    assert logs.returncode == 0, logs.stderr[-2000:]
+    assert "shard done" in logs.stdout and "report" in logs.stdout, logs.stdout[-2000:]
     container_seconds = time.monotonic() - started - local_seconds
 
     # 2. The memory raised (resources are not part of a stage's definition): the rerun keeps
