@@ -141,7 +141,8 @@ class PodContainer(PodProcess):
         self._cleanup_lock = threading.Lock()
         options = [*plan.options, f"--label={LABEL}={name}"]
         if plan.memory_limit is not None:
-            if MemoryCgroup.memory_root() is not None:
+            root = MemoryCgroup.memory_root()
+            if root is not None and os.access(root, os.W_OK):  # rootless podman cannot: --memory
                 self._memcg = MemoryCgroup(name, plan.memory_limit)
                 options.append(f"--cgroup-parent={self._memcg.parent}")
             else:
