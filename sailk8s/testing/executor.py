@@ -42,6 +42,18 @@ def single_node(argv: list[str]) -> list[str]:
     return out
 
 
+def world_env(env: Mapping[str, str], port: int, *, one_node: bool) -> dict[str, str]:
+    """What a pod's env becomes on this machine: the master at 127.0.0.1:`port` and, when the
+    master runs alone (`one_node`), a one-node world of PET_NPROC_PER_NODE ranks."""
+    out = {"MASTER_ADDR": "127.0.0.1", "PET_MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "PET_MASTER_PORT": str(port)}
+    if one_node:
+        nproc = env.get("PET_NPROC_PER_NODE", "1")
+        out.update({"WORLD_SIZE": nproc if nproc.isdigit() else "1", "PET_NNODES": "1",
+                    "RANK": "0", "PET_NODE_RANK": "0"})
+    return out
+
+
 class PodProcess:
     """One container's process: output goes line by line to `on_output`, exit to `returncode`."""
 
@@ -71,6 +83,11 @@ class PodProcess:
     @property
     def pid(self) -> int:
         return self._proc.pid
+
+    @property
+    def oom_killed(self) -> bool:
+        """A local process has no memory limit of its own: never OOMKilled by one."""
+        return False
 
     def returncode(self) -> int | None:
         """None while running; the exit code (128+signal when killed) once finished and drained."""

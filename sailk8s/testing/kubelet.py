@@ -13,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from sailk8s.testing import podstatus
 from sailk8s.testing.behaviors import Action, PodBehavior, ScriptEntry, run
+from sailk8s.testing.containers import container_problem, start_container
 from sailk8s.testing.events import record_event
-from sailk8s.testing.executor import PodProcess, Rewriter, default_rewrite, single_node
+from sailk8s.testing.executor import PodProcess, Rewriter, default_rewrite, single_node, world_env
 from sailk8s.testing.nodes import ensure_node, lose_node, node_for
 from sailk8s.testing.podspecs import JOB_NAME, REPLICA_INDEX, REPLICA_TYPE, container_env, container_name
 from sailk8s.testing.simresults import write_simulated_report
@@ -57,9 +58,10 @@ def _free_port() -> int:
 class FakeKubelet:
     """Runs the pods of the fake training operator: scripted behaviours, or their commands.
 
-    Modes: "simulate" (pods succeed after `duration` clock seconds, or follow a script) and
+    Modes: "simulate" (pods succeed after `duration` clock seconds, or follow a script),
     "execute" (each pod's container command runs as a local process with the container env,
-    secrets resolved, plus `extra_env`; its output is the pod log). In execute mode only the
+    secrets resolved, plus `extra_env`; its output is the pod log) and "container" (the same, in
+    a podman container of the pod's own image: containers.py). When commands run, only the
     master runs, as a one-node world (`--nnodes` rewritten to 1) unless `execute_replicas="all"`;
     non-executed workers mirror the master. Deleting a pod kills its process.
     """
@@ -76,9 +78,10 @@ class FakeKubelet:
         execute_replicas: str = "master",
         rewrite: Rewriter = default_rewrite,
         kill_grace: float = 2.0,
+        podman: str = "podman",
     ) -> None:
-        if mode not in ("simulate", "execute"):
-            raise ValueError("mode must be 'simulate' or 'execute'")
+        if mode not in ("simulate", "execute", "container"):
+            raise ValueError("mode must be 'simulate', 'execute' or 'container'")
         if execute_replicas not in ("master", "all"):
             raise ValueError("execute_replicas must be 'master' or 'all'")
         self.kube = kube
@@ -91,6 +94,8 @@ class FakeKubelet:
         self.execute_replicas = execute_replicas
         self.rewrite = rewrite
         self.kill_grace = kill_grace
+        self.podman = podman
+        self.runs_commands = mode in ("execute", "container")
         self.scripts: list[ScriptEntry] = []
         self._runs: dict[str, PodRun] = {}
         self._ports: dict[str, int] = {}
@@ -214,11 +219,14 @@ class FakeKubelet:
                 )
                 record_event(self.kube, pod, "Warning", "BackOff", "Back-off restarting failed container")
             return
-        if action == Action.RUN and self.mode == "execute":
+        if action == Action.RUN and self.runs_commands:
             if pod_run.executes:
-                code = pod_run.process.returncode() if pod_run.process is not None else 127
+                process = pod_run.process
+                code = process.returncode() if process is not None else 127
                 if code is not None:
-                    self.finish(pod, pod_run, code, "Completed" if code == 0 else "Error")
+                    oom = process is not None and process.oom_killed
+                    reason = "OOMKilled" if oom else "Completed" if code == 0 else "Error"
+                    self.finish(pod, pod_run, code, reason)
             elif master is not None and master.get("status", {}).get("phase") == "Succeeded":
                 self.finish(pod, pod_run, 0, "Completed")  # a mirrored worker ends with its master
             return
@@ -282,6 +290,13 @@ class FakeKubelet:
                 pod, podstatus.waiting(pod, stamp, node, "CreateContainerConfigError", missing)
             )
             return
+        if self.mode == "container" and behavior.action == Action.RUN:
+            problem = None if pod_run.marked else container_problem(pod, self.podman)
+            if problem is not None or pod_run.marked:  # checked once: a kubelet would back off
+                pod_run.marked = True
+                if problem is not None:
+                    self._set_pod_status(pod, podstatus.waiting(pod, stamp, node, *problem))
+                return
         pod_run.started_at = now
         pod_run.started_stamp = stamp
         pod_run.node = node
@@ -302,7 +317,7 @@ class FakeKubelet:
         record_event(
             self.kube, pod, "Normal", "Started", f"Started container {container}", component="kubelet"
         )
-        if behavior.action == Action.RUN and self.mode == "execute":
+        if behavior.action == Action.RUN and self.runs_commands:
             pod_run.executes = pod_run.replica == "Master" or self.execute_replicas == "all"
             if pod_run.executes:
                 self._spawn(pod, pod_run, job, env)
@@ -313,47 +328,30 @@ class FakeKubelet:
                 self._log(pod, pod_run, line)
 
     def _spawn(self, pod: Obj, pod_run: PodRun, job: Obj, env: dict[str, str]) -> None:
-        """Run the container command locally, as a one-node world unless all replicas run."""
+        """Run the container command (locally, or in a container), as a one-node world unless
+        all replicas run."""
         container = (pod.get("spec", {}).get("containers") or [{}])[0]
         argv = [*(container.get("command") or []), *(container.get("args") or [])]
-        full_env = {**os.environ, **env}
         with self._lock:
             port = self._ports.setdefault(job["metadata"]["uid"], _free_port())
-        full_env.update(
-            {
-                "MASTER_ADDR": "127.0.0.1",
-                "PET_MASTER_ADDR": "127.0.0.1",
-                "MASTER_PORT": str(port),
-                "PET_MASTER_PORT": str(port),
-            }
-        )
-        if self.execute_replicas == "master":
-            nproc = full_env.get("PET_NPROC_PER_NODE", "1")
-            full_env.update(
-                {
-                    "WORLD_SIZE": nproc if nproc.isdigit() else "1",
-                    "PET_NNODES": "1",
-                    "RANK": "0",
-                    "PET_NODE_RANK": "0",
-                }
-            )
-            argv = single_node(argv)
-        full_env.update(self.extra_env)
+        one_node = self.execute_replicas == "master"
+        env = {**env, **world_env(env, port, one_node=one_node), **self.extra_env}
         name = container.get("name", "")
-        if not argv:
-            self._log(pod, pod_run, "error: the container has no command to execute")
-            return
+
+        def on_output(data: bytes) -> None:
+            self.kube.logs.append(pod_run.namespace, pod_run.name, name, data, self.clock.timestamp())
+
         try:
-            pod_run.process = PodProcess(
-                self.rewrite(argv),
-                full_env,
-                self.cwd,
-                lambda data: self.kube.logs.append(
-                    pod_run.namespace, pod_run.name, name, data, self.clock.timestamp()
-                ),
-            )
+            if self.mode == "container":
+                pod_run.process = start_container(pod, env, on_output, one_node=one_node, podman=self.podman)
+                return
+            if not argv:
+                self._log(pod, pod_run, "error: the container has no command to execute")
+                return
+            argv = single_node(argv) if one_node else argv
+            pod_run.process = PodProcess(self.rewrite(argv), {**os.environ, **env}, self.cwd, on_output)
         except OSError as exc:
-            self._log(pod, pod_run, f"exec {argv[0]!r} failed: {exc}")
+            self._log(pod, pod_run, f"exec {argv[0] if argv else container.get('image')!r} failed: {exc}")
 
     def finish(
         self,

@@ -34,7 +34,8 @@ class FakeTrainingOperator:
     with the real operator's reasons and messages, honours restartPolicy ExitCode (exit >= 128:
     recreate the pod; 1-127: fail the job), OnFailure/Always (restart in place),
     runPolicy.backoffLimit, activeDeadlineSeconds, cleanPodPolicy and ttlSecondsAfterFinished
-    (jobstatus). Its pods run on a FakeKubelet, which holds the modes ("simulate", "execute").
+    (jobstatus). Its pods run on a FakeKubelet, which holds the modes ("simulate", "execute", and
+    "container": each pod in a podman container of its own image, see containers.py).
 
     Pod faults: `operator.script(behaviors.oom_killed(after=5), job="r1-*", replica="master")`
     arms a behaviour for future pods; `operator.inject("j-master-0", behaviors.evicted())` acts
@@ -56,6 +57,7 @@ class FakeTrainingOperator:
         execute_replicas: str = "master",
         rewrite: Rewriter = default_rewrite,
         kill_grace: float = 2.0,
+        podman: str = "podman",
     ) -> None:
         self.kube = kube
         self.clock = kube.clock
@@ -71,6 +73,7 @@ class FakeTrainingOperator:
             execute_replicas=execute_replicas,
             rewrite=rewrite,
             kill_grace=kill_grace,
+            podman=podman,
         )
         self.job_status = JobStatusWriter(kube, self.kubelet)
         self._stop = threading.Event()

@@ -1,0 +1,253 @@
+"""Runs a fake pod's container with podman, in its own image, and tells a real OOM kill apart."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+import shutil
+import subprocess
+import tempfile
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from sailk8s.testing.containerargs import ContainerPlan, PodSpecError, plan_container
+from sailk8s.testing.executor import PodProcess, single_node
+
+Obj = dict[str, Any]
+
+LABEL = "io.sailk8s.fake-pod"  # on every container the fake starts: `podman ps -a --filter label=...`
+CGROUP_DIR = "sail-fake"
+
+
+def podman_available(podman: str = "podman") -> bool:
+    """Whether podman runs here (installed, and configured enough to answer `podman info`)."""
+    if shutil.which(podman) is None:
+        return False
+    try:
+        return subprocess.run([podman, "info"], capture_output=True, timeout=60).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def image_user(image: str, podman: str = "podman") -> str | None:
+    """The image's USER ("" for root), or None when the image is not in local storage."""
+    res = subprocess.run(
+        [podman, "image", "inspect", "--format", "{{.Config.User}}", image], capture_output=True, text=True
+    )
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def _cgroup_v1_mounts() -> dict[str, str]:
+    """Mount point of each cgroup v1 hierarchy, by its controllers ("memory", "cpu,cpuacct"...)."""
+    mounts: dict[str, str] = {}
+    with open("/proc/self/mountinfo") as fh:
+        for line in fh:
+            left, _, right = line.partition(" - ")
+            fstype, _source, options = [*right.split(), "", "", ""][:3]
+            if fstype == "cgroup":
+                controllers = [o for o in options.split(",") if o not in ("rw", "ro", "relatime")]
+                mounts[",".join(controllers)] = left.split()[4]
+    return mounts
+
+
+class MemoryCgroup:
+    """A cgroup v1 memory cgroup around one container, like a kubelet's pod cgroup: the limit is
+    set here, and an eventfd on its memory.oom_control says whether the OOM killer ran in it.
+
+    (On this hybrid-cgroup host podman's own `State.OOMKilled` stays false after a real OOM kill.)
+    """
+
+    def __init__(self, name: str, limit: int) -> None:
+        self.name = name
+        root = self.memory_root()
+        if root is None:
+            raise OSError("no cgroup v1 memory hierarchy")
+        self.path = os.path.join(root, CGROUP_DIR, name)
+        os.makedirs(self.path, exist_ok=True)
+        self._write("memory.limit_in_bytes", limit)
+        if os.path.exists(os.path.join(self.path, "memory.memsw.limit_in_bytes")):
+            self._write("memory.memsw.limit_in_bytes", limit)  # no swap, as on a kubelet's node
+        self._event = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._control = os.open(os.path.join(self.path, "memory.oom_control"), os.O_RDONLY | os.O_CLOEXEC)
+        self._write("cgroup.event_control", f"{self._event} {self._control}")
+        self._ooms = 0
+
+    @staticmethod
+    def memory_root() -> str | None:
+        """The cgroup v1 memory hierarchy's mount point, None on a unified (v2) host."""
+        try:
+            mounts = _cgroup_v1_mounts()
+        except OSError:
+            return None
+        return next((path for names, path in mounts.items() if "memory" in names.split(",")), None)
+
+    @property
+    def parent(self) -> str:
+        """The `--cgroup-parent` that puts a container in here."""
+        return f"/{CGROUP_DIR}/{self.name}"
+
+    def _write(self, name: str, value: object) -> None:
+        with open(os.path.join(self.path, name), "w") as fh:
+            fh.write(str(value))
+
+    def oom_killed(self) -> bool:
+        """Whether the OOM killer ran in this cgroup (so far)."""
+        with contextlib.suppress(BlockingIOError, OSError):
+            self._ooms += os.eventfd_read(self._event)
+        return self._ooms > 0
+
+    def remove(self) -> None:
+        """Close the eventfd and remove this cgroup (and podman's) from every hierarchy."""
+        self.oom_killed()
+        for fd in (self._event, self._control):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for mount in _cgroup_v1_mounts().values():
+            top = os.path.join(mount, CGROUP_DIR, self.name)
+            for dirpath, _dirs, _files in sorted(os.walk(top, topdown=False), key=lambda w: -len(w[0])):
+                with contextlib.suppress(OSError):
+                    os.rmdir(dirpath)
+
+
+class PodContainer(PodProcess):
+    """One pod's container under `podman run` (attached: its output is the pod log).
+
+    The memory limit goes on a MemoryCgroup around the container where cgroup v1 is mounted
+    (else on podman's `--memory`, whose OOMKilled flag is read back): `oom_killed` is then the
+    kubelet's `OOMKilled`. Killing is `podman stop` (SIGTERM, SIGKILL after the grace period), and
+    a finished container is removed with its cgroup and scratch folders.
+    """
+
+    def __init__(
+        self,
+        image: str,
+        plan: ContainerPlan,
+        name: str,
+        env: Mapping[str, str],
+        on_output: Callable[[bytes], None],
+        *,
+        podman: str = "podman",
+        scratch: list[str] | None = None,
+    ) -> None:
+        self.name = name
+        self.podman = podman
+        self._scratch = list(scratch or [])
+        self._memcg: MemoryCgroup | None = None
+        self._oom = False
+        self._finished = False
+        self._cleanup_lock = threading.Lock()
+        options = [*plan.options, f"--label={LABEL}={name}"]
+        if plan.memory_limit is not None:
+            root = MemoryCgroup.memory_root()
+            if root is not None and os.access(root, os.W_OK):  # rootless podman cannot: --memory
+                self._memcg = MemoryCgroup(name, plan.memory_limit)
+                options.append(f"--cgroup-parent={self._memcg.parent}")
+            else:
+                options += [f"--memory={plan.memory_limit}", f"--memory-swap={plan.memory_limit}"]
+        # The env values travel in podman's environment (`--env NAME` copies them), never in argv.
+        argv = [podman, "run", *options, image, *plan.args]
+        try:
+            super().__init__(argv, {**os.environ, **env}, None, on_output)
+        except OSError:
+            self._cleanup()
+            raise
+
+    @property
+    def oom_killed(self) -> bool:
+        """Whether the container ended because the OOM killer ran at its memory limit."""
+        return self._oom
+
+    def returncode(self) -> int | None:
+        code = super().returncode()
+        if code is not None:
+            self._cleanup()
+        return code
+
+    def _cleanup(self) -> None:
+        with self._cleanup_lock:
+            if not self._finished:
+                self._remove()
+
+    def _remove(self) -> None:
+        self._finished = True
+        if self._memcg is not None:
+            self._oom = self._memcg.oom_killed()
+        else:
+            res = subprocess.run(
+                [self.podman, "inspect", "--format", "{{.State.OOMKilled}}", self.name],
+                capture_output=True,
+                text=True,
+            )
+            self._oom = res.stdout.strip() == "true"
+        subprocess.run([self.podman, "rm", "--force", "--time=0", self.name], capture_output=True)
+        if self._memcg is not None:
+            self._memcg.remove()
+        for folder in self._scratch:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def kill(self, grace: float = 2.0) -> None:
+        """`podman stop` (SIGTERM, then SIGKILL after `grace`), then remove the container."""
+        if self._proc.poll() is None:
+            subprocess.run(
+                [self.podman, "stop", f"--time={math.ceil(grace)}", self.name],
+                capture_output=True,
+                timeout=grace + 60,
+            )
+            try:
+                self._proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                super().kill(grace)  # the podman client itself hangs: end it
+        self._cleanup()
+
+
+def scratch_dir(prefix: str) -> str:
+    """A fresh host folder for a disk emptyDir, writable by any uid (as a kubelet makes them)."""
+    path = tempfile.mkdtemp(prefix=f"sail-fake-{prefix}-")
+    os.chmod(path, 0o777)
+    return path
+
+
+def container_problem(pod: Obj, podman: str = "podman") -> tuple[str, str] | None:
+    """Why the pod's container cannot be created, as a kubelet's waiting (reason, message)."""
+    container = (pod.get("spec", {}).get("containers") or [{}])[0]
+    image = str(container.get("image", ""))
+    user = image_user(image, podman)
+    if user is None:
+        return "ErrImageNeverPull", f'Container image "{image}" is not present with pull policy of Never'
+    try:
+        plan_container(pod, [], name="probe", scratch=lambda _v: "/nonexistent", image_user=user)
+    except PodSpecError as exc:
+        return "CreateContainerConfigError", str(exc)
+    return None
+
+
+def start_container(
+    pod: Obj,
+    env: Mapping[str, str],
+    on_output: Callable[[bytes], None],
+    *,
+    one_node: bool,
+    podman: str = "podman",
+) -> PodContainer:
+    """Run the pod's first container (its command and args with `--nnodes` made 1 if `one_node`)."""
+    spec = pod.get("spec") or {}
+    container = dict((spec.get("containers") or [{}])[0])
+    if one_node:
+        for key in ("command", "args"):
+            if container.get(key):
+                container[key] = single_node(list(container[key]))
+    pod = {**pod, "spec": {**spec, "containers": [container]}}
+    image = str(container.get("image", ""))
+    name = f"{pod['metadata']['name']}-{secrets.token_hex(3)}"
+    scratch: list[str] = []
+
+    def new_scratch(volume: str) -> str:
+        scratch.append(scratch_dir(volume))
+        return scratch[-1]
+
+    user = image_user(image, podman) or ""
+    plan = plan_container(pod, env, name=name, scratch=new_scratch, image_user=user)
+    return PodContainer(image, plan, name, env, on_output, podman=podman, scratch=scratch)
