@@ -25,7 +25,7 @@ demo: venv
 	$(PY) -m sailk8s run -f examples/quickstart.yaml
 
 lint: venv
-	$(VENV)/bin/ruff check sailk8s jobs tests benchmarks
+	$(VENV)/bin/ruff check sailk8s jobs tests benchmarks images
 	$(VENV)/bin/mypy sailk8s
 	$(VENV)/bin/lint-imports
 
