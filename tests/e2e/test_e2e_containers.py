@@ -127,7 +127,9 @@ def snapshot(s3: S3Server, bucket: str) -> dict[str, Any]:
         name = key.rsplit("/", 1)[-1]
         # Attempt records, locks, claims, logs, the run state and live progress say where and
         # when it ran, not what it made.
-        if key.startswith("_sail/") or "/attempts/" in key or "/logs/" in key or "progress" in key:
+        # TensorBoard event files are named and stamped by host and wall clock.
+        if key.startswith("_sail/") or "/attempts/" in key or "/logs/" in key or "progress" in key \
+                or "/tensorboard/" in key:
             continue
         if key == f"runs/{RUN}/state.json":
             continue
