@@ -13,7 +13,7 @@ DEFAULT_RECAPTION_PROMPT = (
     "Using the alt-text only where the image confirms it, write a detailed, accurate description "
     "of the image."
 )
-PRESET_NAMES = ("tiny", "sail-vl-2b")
+PRESET_NAMES = ("tiny", "tiny-vllm", "sail-vl-2b", "internvl-8b")
 
 
 def _fields(template: str) -> set[str]:
@@ -49,7 +49,7 @@ class Config(BaseModel):
     # A prefix of the run's store (e.g. where an sft stage exported a fine-tuned captioner), a
     # store URI (file://, s3://), a local path, or a hub id where the cluster has internet.
     model: str | None = None
-    preset: Literal["tiny", "sail-vl-2b"] | None = None
+    preset: Literal["tiny", "tiny-vllm", "sail-vl-2b", "internvl-8b"] | None = None
     seed: int = 0  # random init of a preset model
     # A name recorded in each sample's `captioner` field; defaults to model or "preset:<name>".
     captioner_name: str | None = None

@@ -88,7 +88,7 @@ class DedupFilter(_Strict):
 
 class _ModelFilter(_Strict):
     model: str | None = None  # local dir, store URI (file://, s3://) or hub id
-    preset: Literal["tiny", "sail-vl-2b"] | None = None  # random init: tests and smoke runs
+    preset: Literal["tiny", "tiny-vllm", "sail-vl-2b", "internvl-8b"] | None = None  # random init: tests and smoke runs
     seed: int = 0
     batch_size: int = Field(default=16, ge=1, le=4096)
     # Held-out (image, text) pairs, a store prefix of this run's store, whose json says whether
