@@ -8,6 +8,7 @@ it also exits once the helpers are gone (the owner shut them down).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -46,10 +47,8 @@ def watch(owner: int, helpers: Sequence[int], poll: float = POLL_SECONDS) -> int
             return 0
         if not _alive(owner, owner_started):
             for pid in alive:
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             return len(alive)
         time.sleep(poll)
 

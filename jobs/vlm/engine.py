@@ -101,6 +101,7 @@ class Engine(ABC):
                       texts: Sequence[str]) -> list[float]:
         """Sum of log p(text + end of turn | chat prompt[, image]) per sample."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release the model (and any engine process)."""
 
@@ -126,7 +127,8 @@ class HFEngine(Engine):
         device, _ = device_and_dtype()
         dtype = torch_dtype(source.dtype)
         if source.model is not None:
-            model, processor = load_model(source.model, device=device, dtype=dtype, cache_dir=source.cache_dir)
+            model, processor = load_model(source.model, device=device, dtype=dtype,
+                                          cache_dir=source.cache_dir)
         else:
             model, processor = build_model(source.preset or "tiny", seed=source.seed, dtype=dtype)
             model.to(device)
@@ -148,7 +150,7 @@ class HFEngine(Engine):
 
     def text_logprobs(self, images: Sequence[Image.Image] | None, prompts: Sequence[str],
                       texts: Sequence[str]) -> list[float]:
-        return text_logprobs(self.model, self.processor, images, prompts, texts)
+        return text_logprobs(self.model, self.processor, images, prompts, texts, max_tiles=self.max_tiles)
 
     def close(self) -> None:
         self.model = None
@@ -156,7 +158,8 @@ class HFEngine(Engine):
             torch.cuda.empty_cache()
 
 
-def model_dir(source: ModelSource, tmp_root: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None]:
+def model_dir(source: ModelSource,
+              tmp_root: str | os.PathLike[str] | None = None) -> tuple[Path, Path | None]:
     """A local directory holding the source's model, and a temp dir to remove after use (or None).
 
     A preset is built (seeded) and saved, so an engine that loads from disk (vLLM) serves the

@@ -124,6 +124,8 @@ def text_logprobs(
     images: Sequence[Image.Image] | None,
     prompts: Sequence[str],
     texts: Sequence[str],
+    *,
+    max_tiles: int | None = None,
 ) -> list[float]:
     """Sum of log p(text | chat prompt[, image]) per sample, in one batched forward pass.
 
@@ -137,9 +139,8 @@ def text_logprobs(
     tok = processor.tokenizer
     chat = [chat_prompt(processor, p, image=images is not None) for p in prompts]
     if images is not None:
-        enc = processor(
-            images=list(images), text=chat, padding=True, padding_side="right", return_tensors="pt"
-        )
+        enc = processor(images=list(images), text=chat, padding=True, padding_side="right",
+                        return_tensors="pt", **tiling_kwargs(max_tiles))
         lengths = enc["attention_mask"].sum(dim=1).tolist()
         prompt_ids: list[list[int]] = [
             row[:n].tolist() for row, n in zip(enc["input_ids"], lengths, strict=True)

@@ -95,7 +95,8 @@ class VLLMEngine(Engine):
             from vllm import LLM  # late: the environment above is read at import and engine start
 
             dtype = _DTYPE_NAMES[torch_dtype(source.dtype)]
-            limit = max_model_len or default_max_model_len(config, processor, source.max_tiles, max_new_tokens)
+            limit = max_model_len or default_max_model_len(config, processor, source.max_tiles,
+                                                           max_new_tokens)
             before = set(child_pids())
             llm = LLM(
                 model=str(path), dtype=dtype, seed=source.seed, max_model_len=limit,
@@ -156,7 +157,8 @@ class VLLMEngine(Engine):
         if not texts:
             return []
         tok = self.processor.tokenizer
-        replies = [[*ids, tok.eos_token_id] for ids in tok(list(texts), add_special_tokens=False)["input_ids"]]
+        reply_ids = tok(list(texts), add_special_tokens=False)["input_ids"]
+        replies = [[*ids, tok.eos_token_id] for ids in reply_ids]
         requests = [self._request(None if images is None else images[i], p, texts[i] + tok.eos_token)
                     for i, p in enumerate(prompts)]
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)

@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sailk8s.stageconfig.engine import EngineName
+
 DEFAULT_CAPTION_PROMPT = "Describe this image in detail."
 DEFAULT_RECAPTION_PROMPT = (
     "Here is the image's original alt-text: {alt_text}\n"
@@ -67,6 +69,9 @@ class Config(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0)
     max_tiles: int = Field(default=6, ge=1, le=40)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    engine: EngineName = "auto"
+    # Batches decoded and tiled ahead of generation in a worker thread (0: none, inline).
+    prefetch_batches: int = Field(default=2, ge=0, le=64)
     max_image_pixels: int = Field(default=64_000_000, ge=1)
     quality_gate: QualityGate = Field(default_factory=QualityGate)
 
