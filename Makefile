@@ -55,7 +55,7 @@ test: lint vllm-venv
 	$(MAKE) test-vllm
 
 test-vllm: vllm-venv
-	$(VLLM_PY) -m pytest -m vllm tests/vllm
+	$(VLLM_PY) -m pytest -m vllm tests/engines
 
 test-quick: venv
 	$(PY) -m pytest -m "not slow" -q

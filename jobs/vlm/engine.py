@@ -55,8 +55,9 @@ class ModelSource:
 
 
 def vllm_installed() -> bool:
-    """Whether vLLM can be imported here (without importing it)."""
-    return importlib.util.find_spec("vllm") is not None
+    """Whether vLLM can be imported here (without importing it; a bare `vllm/` folder is not vLLM)."""
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
 
 
 def resolve_engine(choice: str) -> str:

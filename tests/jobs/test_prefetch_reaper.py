@@ -78,6 +78,15 @@ OWNER = textwrap.dedent("""
 """)
 
 
+def state_of(pid: int) -> str:
+    """A process's state letter from /proc (Z: a zombie), or 'gone'."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
+
+
 def test_reaper_kills_helpers_of_a_killed_owner() -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     owner = subprocess.Popen([sys.executable, "-c", OWNER], env=env, stdout=subprocess.PIPE, text=True)
@@ -88,8 +97,7 @@ def test_reaper_kills_helpers_of_a_killed_owner() -> None:
     owner.wait(timeout=10)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        state = open(f"/proc/{helper}/stat").read().split()[2] if os.path.exists(f"/proc/{helper}") else "gone"
-        if state in ("gone", "Z"):  # a zombie waits for init to reap it: it no longer runs
+        if state_of(helper) in ("gone", "Z"):  # a zombie waits for init to reap it: it no longer runs
             break
         time.sleep(0.1)
     else:
