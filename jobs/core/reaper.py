@@ -19,22 +19,28 @@ from collections.abc import Sequence
 POLL_SECONDS = 0.5
 
 
-def _start_time(pid: int) -> str | None:
-    """The process's start time (field 22 of /proc/<pid>/stat), or None when it is gone.
+def _identity(pid: int) -> tuple[str, str] | None:
+    """(state, start time) from /proc/<pid>/stat, or None when the process is gone.
 
-    Pairs with the pid to recognise the same process: a pid alone may be reused.
+    The start time pairs with the pid to recognise the same process (a pid alone may be reused).
     """
     try:
         with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
+            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return stat.rsplit(")", 1)[1].split()[19]
+    return fields[0], fields[19]
+
+
+def _start_time(pid: int) -> str | None:
+    ident = _identity(pid)
+    return None if ident is None else ident[1]
 
 
 def _alive(pid: int, started: str | None) -> bool:
-    now = _start_time(pid)
-    return now is not None and now == started
+    """The same process still runs: a zombie (dead, not yet waited for by its parent) does not."""
+    ident = _identity(pid)
+    return ident is not None and ident[1] == started and ident[0] != "Z"
 
 
 def watch(owner: int, helpers: Sequence[int], poll: float = POLL_SECONDS) -> int:
@@ -65,16 +71,18 @@ def start_reaper(helpers: Sequence[int]) -> subprocess.Popen[bytes] | None:
 
 
 def child_pids() -> list[int]:
-    """Every descendant of this process (from /proc: no psutil needed)."""
+    """Every live descendant of this process (from /proc: no psutil needed)."""
     parents: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+                    fields = f.read().rsplit(")", 1)[1].split()
+                state, ppid = fields[0], int(fields[1])
             except (OSError, ValueError, IndexError):
                 continue
-            parents.setdefault(ppid, []).append(int(entry))
+            if state != "Z":  # a zombie has exited already
+                parents.setdefault(ppid, []).append(int(entry))
     out: list[int] = []
     todo = [os.getpid()]
     while todo:
