@@ -36,6 +36,7 @@ class Sampling:
     """How replies are generated: greedy by default; the same settings mean the same in both engines."""
 
     max_new_tokens: int = 64
+    min_new_tokens: int = 0  # benchmarks: a fixed reply length whatever the (random) model says
     do_sample: bool = False
     temperature: float = 1.0
     top_p: float = 1.0
@@ -143,6 +144,8 @@ class HFEngine(Engine):
                           seeds: Sequence[int] | None = None) -> list[Generated]:
         gen: dict[str, Any] = {"do_sample": sampling.do_sample,
                                "repetition_penalty": sampling.repetition_penalty}
+        if sampling.min_new_tokens:
+            gen["min_new_tokens"] = sampling.min_new_tokens
         if sampling.do_sample:
             gen.update(temperature=sampling.temperature, top_p=sampling.top_p)
             if seeds:

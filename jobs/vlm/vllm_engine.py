@@ -138,7 +138,7 @@ class VLLMEngine(Engine):
         if not prepared:
             return []
         params = [SamplingParams(
-            max_tokens=sampling.max_new_tokens,
+            max_tokens=sampling.max_new_tokens, min_tokens=sampling.min_new_tokens,
             temperature=sampling.temperature if sampling.do_sample else 0.0,
             top_p=sampling.top_p if sampling.do_sample else 1.0,
             repetition_penalty=sampling.repetition_penalty,
