@@ -1,8 +1,9 @@
 """Caption throughput of the two inference engines on CPU: vLLM vs transformers generate(), batched.
 
 Both engines caption the same real images (scikit-learn digits and scikit-image photos, 1-4
-tiles) with the same tiny exported model (`tiny-vllm`, large random weights so captions vary),
-the same recaption prompts, greedy, fp32, one thread each, in the caption stage's batches.
+tiles, all distinct so vLLM's encoder cache serves no image twice) with the same tiny exported
+model (`tiny-vllm`, large random weights so captions vary), the same recaption prompts, greedy,
+fp32, one thread each, in the caption stage's batches.
 Captions are compared token for token.
 
     python benchmarks/caption_engines.py [--quick] [--batch-size 32] [--max-new-tokens 24]
@@ -36,7 +37,7 @@ def vllm_python() -> str | None:
 
 
 def reexec_in_vllm_venv() -> None:
-    """Continue in the vLLM venv when vLLM is not importable here (the main venv)."""
+    """Re-run the running script in the vLLM venv when vLLM is not importable here (the main venv)."""
     import importlib.util
 
     spec = importlib.util.find_spec("vllm")
@@ -48,7 +49,7 @@ def reexec_in_vllm_venv() -> None:
                  "run `make vllm-venv` (or set SAIL_VLLM_PYTHON)")
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": path}
-    os.execve(py, [py, str(Path(__file__).resolve()), *sys.argv[1:]], env)
+    os.execve(py, [py, str(Path(sys.argv[0]).resolve()), *sys.argv[1:]], env)  # the running script
 
 
 def main() -> None:
@@ -86,7 +87,7 @@ def main() -> None:
             engine = open_engine(name, source, max_new_tokens=args.max_new_tokens)
             start = time.perf_counter() - t0
             try:
-                engine.generate(images[:8], prompts[:8], sampling)  # warm-up
+                engine.generate(mixed_images(8, start=n), prompts[:8], sampling)  # warm-up, other images
                 t0 = time.perf_counter()
                 outs = []
                 for i in range(0, n, args.batch_size):
