@@ -13,7 +13,8 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,44 @@ def engine_environment(gpu: bool) -> dict[str, str]:
 
     CPU: the engine runs in this process (no spawned engine process: 4-8 s to start instead of
     18-38 s, nothing to outlive the rank), a 1 GiB KV cache, and no core pinning (the cores are
-    shared with the stage's other work). GPU: vLLM's own defaults (an engine process, which
-    overlaps input processing with generation; a reaper makes sure it dies with the rank).
+    shared with the stage's other work). GPU: an engine process (vLLM's default), which overlaps
+    input processing with generation and is the only way to give each rank its own GPU once this
+    process has touched CUDA; a reaper makes sure it dies with the rank.
     """
     env = {"HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-    if not gpu:
+    if gpu:
+        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "1"
+    else:
         env.update(VLLM_ENABLE_V1_MULTIPROCESSING="0", VLLM_CPU_KVCACHE_SPACE="1",
                    VLLM_CPU_OMP_THREADS_BIND="nobind")
     return {k: v for k, v in env.items() if k not in os.environ}
+
+
+# torchrun's variables: the engine process must not take itself for a rank of the stage's group.
+_LAUNCHER_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+                  "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")
+
+
+@contextmanager
+def engine_process_env(gpu: bool) -> Iterator[None]:
+    """The environment vLLM's engine process is spawned with, restored afterwards.
+
+    On a GPU each rank's engine gets only the rank's own GPU (CUDA_VISIBLE_DEVICES narrowed to
+    the LOCAL_RANK-th visible device: vLLM itself would put every rank's engine on GPU 0), and
+    none of torchrun's rank variables.
+    """
+    saved = dict(os.environ)
+    try:
+        if gpu:
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+            os.environ["CUDA_VISIBLE_DEVICES"] = visible[local] if local < len(visible) else str(local)
+        for var in _LAUNCHER_VARS:
+            os.environ.pop(var, None)
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def check_loadable(path: Path) -> dict[str, Any]:
@@ -98,13 +129,14 @@ class VLLMEngine(Engine):
             limit = max_model_len or default_max_model_len(config, processor, source.max_tiles,
                                                            max_new_tokens)
             before = set(child_pids())
-            llm = LLM(
-                model=str(path), dtype=dtype, seed=source.seed, max_model_len=limit,
-                limit_mm_per_prompt={"image": 1, "video": 0},
-                # The stage's tiling; the image processor is the PIL one (jobs.vlm.model registers it).
-                mm_processor_kwargs=tiling_kwargs(source.max_tiles) or None,
-                enforce_eager=not gpu, gpu_memory_utilization=gpu_memory_utilization,
-            )
+            with engine_process_env(gpu):
+                llm = LLM(
+                    model=str(path), dtype=dtype, seed=source.seed, max_model_len=limit,
+                    limit_mm_per_prompt={"image": 1, "video": 0},
+                    # The stage's tiling; the image processor is the PIL one (jobs.vlm.model registers it).
+                    mm_processor_kwargs=tiling_kwargs(source.max_tiles) or None,
+                    enforce_eager=not gpu, gpu_memory_utilization=gpu_memory_utilization,
+                )
         except BaseException:
             if cleanup is not None:
                 shutil.rmtree(cleanup, ignore_errors=True)

@@ -48,3 +48,21 @@ def test_hf_engine_with_prefetched_input_equals_generate(noisy_tiny, photos) -> 
     prepared = engine.prepare(photos, prompts)
     got = engine.generate_prepared(prepared, Sampling(max_new_tokens=8))
     assert got == generate(model, processor, photos, prompts, max_new_tokens=8, max_tiles=4)
+
+
+def test_each_ranks_vllm_engine_gets_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from jobs.vlm.vllm_engine import engine_process_env
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3,5,7")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    monkeypatch.setenv("RANK", "10")
+    monkeypatch.setenv("MASTER_PORT", "29500")
+    with engine_process_env(gpu=True):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+        assert "RANK" not in os.environ and "MASTER_PORT" not in os.environ
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,3,5,7" and os.environ["RANK"] == "10"
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    with engine_process_env(gpu=True):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "2"
