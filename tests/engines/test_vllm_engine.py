@@ -72,3 +72,20 @@ def test_exports_name_the_pil_image_processor_even_with_torchvision(export) -> N
     assert isinstance(stock.image_processor, GotOcr2ImageProcessorPil)
     assert stock.video_processor is not None
     assert (export / "video_preprocessor_config.json").exists()
+
+
+def test_a_preset_serves_the_same_weights_in_both_engines() -> None:
+    """A preset (random init, seeded) is built and saved for vLLM: the same model as hf builds."""
+    from vllmkit import mixed_images
+
+    from jobs.vlm.engine import ModelSource, open_engine
+
+    source = ModelSource(preset="tiny-vllm", seed=3, dtype="float32", max_tiles=2)
+    images, prompts = mixed_images(4), ["Describe this image in detail."] * 4
+    with open_engine("hf", source) as hf:
+        want = hf.text_logprobs(images, prompts, ["a digit"] * 4)
+    with open_engine("vllm", source, max_new_tokens=8) as vllm:
+        got = vllm.text_logprobs(images, prompts, ["a digit"] * 4)
+        preset_dir = vllm._cleanup
+    assert got == pytest.approx(want, abs=1e-3)
+    assert preset_dir is not None and not preset_dir.exists()  # the saved preset is removed on close
