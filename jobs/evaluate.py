@@ -14,8 +14,7 @@ import structlog
 from jobs.core.runtime import StageRun, main
 from jobs.core.shardio import ShardInput, ShardOutput, local_tmp_root
 from jobs.core.shards import BadSample, Sample, read_shard
-from jobs.vlm.inference import generate_texts, text_logprobs
-from jobs.vlm.model import load_model
+from jobs.vlm.engine import Engine, ModelSource, Sampling, open_engine
 from jobs.vlm.modelref import resolve_model_ref
 from sailk8s.errors import ConfigError, InputError, QualityError
 from sailk8s.stageconfig.evaluate import Config
@@ -43,7 +42,7 @@ def names_only(prediction: str, answer: str, choices: list[str], aliases: dict[s
     return named(answer) and not any(named(c) for c in choices if c != answer)
 
 
-def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[str, Any], Any]]
+def score_batch(engine: Engine, cfg: Config, batch: list[tuple[dict[str, Any], Any]]
                 ) -> list[tuple[str, bool]]:
     """(prediction, correct) per sample of `question` (with `<image>`), `answer` and maybe `choices`.
 
@@ -62,11 +61,11 @@ def score_batch(model: Any, processor: Any, cfg: Config, batch: list[tuple[dict[
             choices = [str(c) for c in m.get("choices") or []]
             if not choices:
                 raise InputError(f"sample needs `choices` for multiple_choice: {str(m)[:80]}")
-            lp = text_logprobs(model, processor, [img] * len(choices), [p] * len(choices), choices)
+            lp = engine.text_logprobs([img] * len(choices), [p] * len(choices), choices)
             preds.append(choices[max(range(len(choices)), key=lambda i: lp[i])])
     else:
-        preds = generate_texts(model, processor, images, prompts, max_new_tokens=cfg.max_new_tokens,
-                                   max_tiles=cfg.max_tiles)
+        sampling = Sampling(max_new_tokens=cfg.max_new_tokens)
+        preds = [g.text for g in engine.generate(images, prompts, sampling)]
     if cfg.metric == "names_answer":
         out = []
         for p, m in zip(preds, metas, strict=True):
@@ -83,12 +82,12 @@ def per_shard_cap(limit: int | None, shards: int) -> int | None:
     return None if limit is None else max(1, math.ceil(limit / max(shards, 1)))
 
 
-def evaluate_shard(model: Any, processor: Any, cfg: Config, shard: ShardInput, out: ShardOutput,
+def evaluate_shard(engine: Engine, cfg: Config, shard: ShardInput, out: ShardOutput,
                    cap: int | None) -> None:
     """Score one QA shard; each scored sample becomes a prediction record (json only, no image)."""
     pairs = itertools.islice(shard.decoded(), cap)  # cap None: every sample
     while batch := list(itertools.islice(pairs, cfg.batch_size)):
-        scored = score_batch(model, processor, cfg, [(s.meta, img) for s, img in batch])
+        scored = score_batch(engine, cfg, [(s.meta, img) for s, img in batch])
         for (sample, _), (pred, ok) in zip(batch, scored, strict=True):
             meta = {k: sample.meta[k] for k in ("question", "answer", "choices") if k in sample.meta}
             out.write(Sample(key=sample.key, meta={**meta, "prediction": pred, "correct": ok}))
@@ -136,9 +135,6 @@ def run() -> None:
     if not stage.ctx.inputs:
         raise ConfigError(f"stage {stage.ctx.stage!r} has no inputs: list the QA shards' prefix")
     ref = resolve_model_ref(stage.store, cfg.model)
-    with tempfile.TemporaryDirectory(prefix="eval-model-", dir=local_tmp_root()) as cache:
-        # A fresh cache: a re-exported model under the same prefix must not be shadowed.
-        model, processor = load_model(ref, cache_dir=cache)
     # Predictions go to outputs[0] when the stage names one, else next to its report.
     prefix = stage.ctx.outputs[0].rstrip("/") if stage.ctx.outputs else stage.stage_key("predictions")
     units = stage.input_units(prefix)
@@ -149,10 +145,17 @@ def run() -> None:
         report.update(kind="evaluate", predictions=prefix,
                       **accuracy_report(records, cfg, report["dropped"]))
 
-    def process(shard: ShardInput, out: ShardOutput) -> None:
-        evaluate_shard(model, processor, cfg, shard, out, cap)
+    # A fresh cache: a re-exported model under the same prefix must not be shadowed. The engine
+    # loads on this rank's device (a GPU in a GPU pod), in bf16 there unless `dtype` says otherwise;
+    # the cache lives as long as the engine (vLLM may read the folder after it starts).
+    with tempfile.TemporaryDirectory(prefix="eval-model-", dir=local_tmp_root()) as cache:
+        source = ModelSource(model=ref, dtype=cfg.dtype, max_tiles=cfg.max_tiles, cache_dir=cache)
+        with open_engine(cfg.engine, source, max_new_tokens=cfg.max_new_tokens) as engine:
 
-    report = stage.run_map(process, required=("question", "answer"), units=units, finalize=finalize)
+            def process(shard: ShardInput, out: ShardOutput) -> None:
+                evaluate_shard(engine, cfg, shard, out, cap)
+
+            report = stage.run_map(process, required=("question", "answer"), units=units, finalize=finalize)
     if report is not None:
         log.info("evaluation done", accuracy=round(report["accuracy"], 4), samples=report["samples"],
                  correct=report["correct"])

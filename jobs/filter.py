@@ -126,9 +126,12 @@ def run(scorer_factory: Callable[[Any], Scorer] | None = None) -> None:
     cfg = resolve_models(stage, stage.typed(Config))
     chain = Chain(cfg, scorer_factory)
     units = stage.input_units()
-    duplicates = run_dedup(stage, chain, units) if chain.dedup_cfg else None
-    stage.run_map(make_processor(chain, duplicates), need_image=False, max_pixels=cfg.max_pixels,
-                  finalize=lambda report: finalize_report(stage, chain, report))
+    try:
+        duplicates = run_dedup(stage, chain, units) if chain.dedup_cfg else None
+        stage.run_map(make_processor(chain, duplicates), need_image=False, max_pixels=cfg.max_pixels,
+                      finalize=lambda report: finalize_report(stage, chain, report))
+    finally:
+        chain.close()
 
 
 if __name__ == "__main__":

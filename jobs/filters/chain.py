@@ -97,6 +97,14 @@ class Chain:
             self._scorers[i] = self._factory(self.cfg.filters[i])
         return self._scorers[i]
 
+    def close(self) -> None:
+        """Release the loaded scorers' models (an inference engine's processes must not outlive the rank)."""
+        for scorer in self._scorers.values():
+            close = getattr(scorer, "close", None)
+            if close is not None:
+                close()
+        self._scorers.clear()
+
     @cached_property
     def dedup_cfg(self) -> DedupFilter | None:
         f = self.cfg.filters[self.dedup_at] if self.dedup_at is not None else None

@@ -46,14 +46,12 @@ def parse_ratings(reply: str) -> tuple[int | None, int | None]:
     return rich, align
 
 
-def _load_vlm(cfg: JudgeFilter | AlignmentFilter) -> tuple[Any, Any]:
-    from jobs.vlm.model import build_model, device_and_dtype, load_model  # torch only where a model runs
+def _open_engine(cfg: JudgeFilter | AlignmentFilter, max_new_tokens: int = 64) -> Any:
+    """The filter's model in its engine (hf or vllm), loaded on this rank's device."""
+    from jobs.vlm.engine import ModelSource, open_engine  # torch only where a model runs
 
-    if cfg.model is not None:
-        device, dtype = device_and_dtype()
-        return load_model(cfg.model, device=str(device), dtype=dtype)
-    assert cfg.preset is not None
-    return build_model(cfg.preset, seed=cfg.seed)
+    return open_engine(cfg.engine, ModelSource(model=cfg.model, preset=cfg.preset, seed=cfg.seed),
+                       max_new_tokens=max_new_tokens)
 
 
 class JudgeScorer:
@@ -68,13 +66,21 @@ class JudgeScorer:
     def __init__(self, cfg: JudgeFilter, generate: Callable[[list[Any], list[str]], list[str]] | None = None,
                  max_pixels: int = 64_000_000) -> None:
         self.cfg, self.max_pixels = cfg, max_pixels
+        self.engine: Any = None
         if generate is None:
-            from jobs.vlm.inference import generate_texts
+            from jobs.vlm.engine import Sampling
 
-            model, processor = _load_vlm(cfg)
-            generate = lambda imgs, prompts: generate_texts(  # noqa: E731
-                model, processor, imgs, prompts, max_new_tokens=cfg.max_new_tokens)
+            self.engine = engine = _open_engine(cfg, cfg.max_new_tokens)
+            sampling = Sampling(max_new_tokens=cfg.max_new_tokens)
+            generate = lambda imgs, prompts: [  # noqa: E731
+                g.text for g in engine.generate(imgs, prompts, sampling)]
         self._generate = generate
+
+    def close(self) -> None:
+        """Release the engine (and its processes)."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     def score(self, cands: Sequence[Candidate]) -> list[str | None]:
         """Drop reason (or None) per candidate; ratings go to cand.scores."""
@@ -108,19 +114,23 @@ class AlignmentScorer:
     reasons: tuple[str, ...] = (LOW_ALIGNMENT,)
 
     def __init__(self, cfg: AlignmentFilter, max_pixels: int = 64_000_000) -> None:
-        from jobs.vlm.inference import text_logprobs
-
         self.cfg, self.max_pixels = cfg, max_pixels
-        self.text_logprobs = text_logprobs
-        self.model, self.processor = _load_vlm(cfg)
+        self.engine: Any = _open_engine(cfg)
+        self.processor = self.engine.processor
+
+    def close(self) -> None:
+        """Release the engine (and its processes)."""
+        if self.engine is not None:
+            self.engine.close()
+            self.engine = None
 
     def score(self, cands: Sequence[Candidate]) -> list[str | None]:
         """Drop reason (or None) per candidate; the score goes to cand.scores['alignment']."""
         texts = [c.text or "" for c in cands]
         prompts = [self.cfg.prompt] * len(cands)
         images = [c.load_image(self.max_pixels) for c in cands]
-        with_img = self.text_logprobs(self.model, self.processor, images, prompts, texts)
-        without = self.text_logprobs(self.model, self.processor, None, prompts, texts)
+        with_img = self.engine.text_logprobs(images, prompts, texts)
+        without = self.engine.text_logprobs(None, prompts, texts)
         ids = self.processor.tokenizer(texts, add_special_tokens=False)["input_ids"]
         out: list[str | None] = []
         for cand, a, b, toks in zip(cands, with_img, without, ids, strict=True):

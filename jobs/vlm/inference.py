@@ -53,7 +53,6 @@ def generate_texts(
                                      max_tiles=max_tiles, **gen)]
 
 
-@torch.inference_mode()
 def generate(
     model: InternVLForConditionalGeneration,
     processor: VLMProcessor,
@@ -65,28 +64,57 @@ def generate(
     **gen: Any,
 ) -> list[Generated]:
     """Like `generate_texts`, with each reply's token count and whether it ended before the cap."""
+    enc = encode_for_generation(processor, images, prompts, max_tiles=max_tiles)
+    return generate_encoded(model, processor, enc, max_new_tokens, **gen)
+
+
+def encode_for_generation(
+    processor: VLMProcessor, images: Sequence[Image.Image], prompts: Sequence[str], *,
+    max_tiles: int | None = None,
+) -> Any:
+    """The CPU half of `generate`: chat template, tiling, tokens (left padded); None for no prompts.
+
+    Apart from the model, so a prefetching thread can prepare the next batch during generation.
+    """
     if len(images) != len(prompts):
         raise ValueError(f"{len(images)} images but {len(prompts)} prompts")
     if not prompts:
-        return []
+        return None
     texts = [chat_prompt(processor, p, image=True) for p in prompts]
-    img_kwargs = {"max_patches": max_tiles, "crop_to_patches": max_tiles > 1} if max_tiles else {}
-    enc = processor(images=list(images), text=texts, padding=True, padding_side="left",
-                    return_tensors="pt", **img_kwargs)
+    return processor(images=list(images), text=texts, padding=True, padding_side="left",
+                     return_tensors="pt", **tiling_kwargs(max_tiles))
+
+
+def tiling_kwargs(max_tiles: int | None) -> dict[str, Any]:
+    """Image-processor call arguments for up to `max_tiles` tiles (+ a thumbnail); {} keeps its own."""
+    return {"max_patches": max_tiles, "crop_to_patches": max_tiles > 1} if max_tiles else {}
+
+
+def decode_reply(processor: VLMProcessor, row: Sequence[int], stops: set[int]) -> Generated:
+    """One generated row (tokens after the prompt) as text, token count and whether it ended."""
+    end = next((i for i, t in enumerate(row) if t in stops), None)
+    kept = list(row) if end is None else list(row[:end + 1])
+    text: str = processor.tokenizer.decode(kept, skip_special_tokens=True)
+    return Generated(text.strip(), len(kept), end is not None)
+
+
+@torch.inference_mode()
+def generate_encoded(
+    model: InternVLForConditionalGeneration, processor: VLMProcessor, enc: Any, max_new_tokens: int = 64,
+    **gen: Any,
+) -> list[Generated]:
+    """The model half of `generate`, on `encode_for_generation`'s output."""
+    if enc is None:
+        return []
     inputs = _model_inputs(model, enc)
     gen.setdefault("do_sample", False)
     gen.setdefault("pad_token_id", processor.tokenizer.pad_token_id)
     gen.setdefault("eos_token_id", processor.tokenizer.eos_token_id)
     out = model.generate(**inputs, max_new_tokens=max_new_tokens, **gen)
     new = out[:, inputs["input_ids"].shape[1]:]
-    decoded: list[str] = processor.tokenizer.batch_decode(new, skip_special_tokens=True)
     eos = gen["eos_token_id"]
     stops = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    result = []
-    for row, text in zip(new.tolist(), decoded, strict=True):
-        end = next((i for i, t in enumerate(row) if t in stops), None)
-        result.append(Generated(text.strip(), len(row) if end is None else end + 1, end is not None))
-    return result
+    return [decode_reply(processor, row, stops) for row in new.tolist()]
 
 
 @torch.inference_mode()
@@ -96,6 +124,8 @@ def text_logprobs(
     images: Sequence[Image.Image] | None,
     prompts: Sequence[str],
     texts: Sequence[str],
+    *,
+    max_tiles: int | None = None,
 ) -> list[float]:
     """Sum of log p(text | chat prompt[, image]) per sample, in one batched forward pass.
 
@@ -109,9 +139,8 @@ def text_logprobs(
     tok = processor.tokenizer
     chat = [chat_prompt(processor, p, image=images is not None) for p in prompts]
     if images is not None:
-        enc = processor(
-            images=list(images), text=chat, padding=True, padding_side="right", return_tensors="pt"
-        )
+        enc = processor(images=list(images), text=chat, padding=True, padding_side="right",
+                        return_tensors="pt", **tiling_kwargs(max_tiles))
         lengths = enc["attention_mask"].sum(dim=1).tolist()
         prompt_ids: list[list[int]] = [
             row[:n].tolist() for row, n in zip(enc["input_ids"], lengths, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from dataclasses import dataclass, field
@@ -10,6 +11,7 @@ from typing import Any
 
 import torch
 from transformers import (
+    AutoImageProcessor,
     AutoProcessor,
     InternVLConfig,
     InternVLForConditionalGeneration,
@@ -52,6 +54,16 @@ PRESETS: dict[str, Preset] = {
         },
         image_size=64, patch_size=8, max_tiles=4,
     ),
+    # "tiny" with text head_dim 32 (2 heads, 1 KV head): vLLM's CPU attention has no head_dim 16.
+    "tiny-vllm": Preset(
+        name="tiny-vllm",
+        vision={"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64},
+        text={
+            "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+            "intermediate_size": 128, "max_position_embeddings": 4096,
+        },
+        image_size=64, patch_size=8, max_tiles=4,
+    ),
     # SAIL-VL-2B: InternViT-300M-448px + 2-layer MLP projector (2x2 pixel shuffle) + Qwen2.5-1.5B.
     "sail-vl-2b": Preset(
         name="sail-vl-2b",
@@ -66,6 +78,21 @@ PRESETS: dict[str, Preset] = {
             "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
         },
         image_size=448, patch_size=14, max_tiles=6, vocab_size=151936,
+    ),
+    # InternVL3-8B's shapes: InternViT-300M-448px + Qwen2.5-7B (for GPU benchmarks, random weights).
+    "internvl-8b": Preset(
+        name="internvl-8b",
+        vision={
+            "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16,
+            "intermediate_size": 4096,
+            "attention_bias": True, "layer_scale_init_value": 0.1, "norm_type": "layer_norm",
+        },
+        text={
+            "hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4,
+            "intermediate_size": 18944, "max_position_embeddings": 32768, "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1000000.0},
+        },
+        image_size=448, patch_size=14, max_tiles=6, vocab_size=152064,
     ),
 }
 
@@ -122,6 +149,13 @@ class VLMProcessor(InternVLProcessor):
 
 # AutoProcessor finds our class for InternVL checkpoints only after this registration.
 AutoProcessor.register(InternVLConfig, VLMProcessor, exist_ok=True)
+# Our exports name the PIL image processor; where torchvision is installed (vLLM's images),
+# transformers would still pick its torchvision twin for that name, whose pixels differ by up to
+# 0.12 (enough to change greedy captions). Both backends resolve to the PIL one here, so the hf
+# and vllm engines (and training) tile and normalise identically.
+AutoImageProcessor.register(
+    InternVLConfig, image_processor_classes={"pil": GotOcr2ImageProcessorPil,
+                                             "torchvision": GotOcr2ImageProcessorPil}, exist_ok=True)
 
 
 def build_image_processor(image_size: int, max_tiles: int) -> GotOcr2ImageProcessorPil:
@@ -224,13 +258,42 @@ def save_model(
     """Write model + processor in transformers format (safetensors) to out_dir.
 
     Once this module is imported, InternVLForConditionalGeneration.from_pretrained and
-    AutoProcessor.from_pretrained load the result too.
+    AutoProcessor.from_pretrained load the result too; so do vLLM and the stock InternVLProcessor,
+    offline (config, weights, generation config, tokenizer, chat template, image processor, and
+    the video processor config that the stock processor insists on).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    _name_pil_image_processor(out / "processor_config.json")
+    (out / "video_preprocessor_config.json").write_text(
+        json.dumps(video_processor_config(processor.image_processor), indent=2, sort_keys=True) + "\n")
     return out
+
+
+def _name_pil_image_processor(path: Path) -> None:
+    """Record the image processor as the PIL one it is (transformers writes the backend-less name)."""
+    if not path.exists():
+        return
+    doc = json.loads(path.read_text())
+    ip = doc.get("image_processor")
+    if isinstance(ip, dict) and ip.get("image_processor_type") == "GotOcr2ImageProcessor":
+        ip["image_processor_type"] = "GotOcr2ImageProcessorPil"
+        path.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+
+
+def video_processor_config(image_processor: Any) -> dict[str, Any]:
+    """InternVL's video processor settings matching our image processor (frames are one tile each)."""
+    return {
+        "video_processor_type": "InternVLVideoProcessor",
+        "size": dict(image_processor.size),
+        "image_mean": list(image_processor.image_mean),
+        "image_std": list(image_processor.image_std),
+        "do_resize": True, "do_rescale": True, "do_normalize": True, "do_convert_rgb": True,
+        "rescale_factor": image_processor.rescale_factor,
+        "resample": int(image_processor.resample),
+    }
 
 
 def load_model(

@@ -7,13 +7,15 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from sailk8s.stageconfig.engine import EngineName
+
 DEFAULT_CAPTION_PROMPT = "Describe this image in detail."
 DEFAULT_RECAPTION_PROMPT = (
     "Here is the image's original alt-text: {alt_text}\n"
     "Using the alt-text only where the image confirms it, write a detailed, accurate description "
     "of the image."
 )
-PRESET_NAMES = ("tiny", "sail-vl-2b")
+PRESET_NAMES = ("tiny", "tiny-vllm", "sail-vl-2b", "internvl-8b")
 
 
 def _fields(template: str) -> set[str]:
@@ -49,7 +51,7 @@ class Config(BaseModel):
     # A prefix of the run's store (e.g. where an sft stage exported a fine-tuned captioner), a
     # store URI (file://, s3://), a local path, or a hub id where the cluster has internet.
     model: str | None = None
-    preset: Literal["tiny", "sail-vl-2b"] | None = None
+    preset: Literal["tiny", "tiny-vllm", "sail-vl-2b", "internvl-8b"] | None = None
     seed: int = 0  # random init of a preset model
     # A name recorded in each sample's `captioner` field; defaults to model or "preset:<name>".
     captioner_name: str | None = None
@@ -67,6 +69,9 @@ class Config(BaseModel):
     repetition_penalty: float = Field(default=1.0, gt=0)
     max_tiles: int = Field(default=6, ge=1, le=40)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    engine: EngineName = "auto"
+    # Batches decoded and tiled ahead of generation in a worker thread (0: none, inline).
+    prefetch_batches: int = Field(default=2, ge=0, le=64)
     max_image_pixels: int = Field(default=64_000_000, ge=1)
     quality_gate: QualityGate = Field(default_factory=QualityGate)
 

@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from sailk8s.stageconfig.engine import EngineName
+
 
 class Config(BaseModel):
     """Which model, which metric; the QA shards are the stage's inputs."""
@@ -22,6 +24,8 @@ class Config(BaseModel):
     max_new_tokens: int = Field(default=16, ge=1, le=4096)
     batch_size: int = Field(default=16, ge=1)
     max_tiles: int = Field(default=1, ge=1, le=40)
+    engine: EngineName = "auto"
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"  # auto: bf16 on a GPU, fp32 on CPU
     # Case and surrounding space/punctuation are ignored when comparing answers.
     normalize: bool = True
     # At most this many samples, spread evenly over the input shards (ceil(limit / shards) from

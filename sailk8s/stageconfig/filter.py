@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from sailk8s.stageconfig.engine import EngineName
+
 DEFAULT_JUDGE_PROMPT = (
     "Here is a caption of the image: \"{caption}\"\n"
     "Rate the caption from 1 to 5 for visual information richness and for image-text alignment. "
@@ -76,9 +78,11 @@ class DedupFilter(_Strict):
 
 class _ModelFilter(_Strict):
     model: str | None = None  # local dir, store URI (file://, s3://) or hub id
-    preset: Literal["tiny", "sail-vl-2b"] | None = None  # random init: tests and smoke runs
+    # Random init: tests and smoke runs.
+    preset: Literal["tiny", "tiny-vllm", "sail-vl-2b", "internvl-8b"] | None = None
     seed: int = 0
     batch_size: int = Field(default=16, ge=1, le=4096)
+    engine: EngineName = "auto"
     # Held-out (image, text) pairs, a store prefix of this run's store, whose json says whether
     # the pair is mismatched (`eval_truth_field`, a bool): the filter's verdicts on them are
     # reported as `<type>_eval: {pairs, precision, recall}` (of the verdict "drop it").

@@ -29,8 +29,8 @@ def test_alignment_score_is_the_per_token_likelihood_gain() -> None:
     images = [c.load_image(10**7) for c in cands]
     prompts = [scorer.cfg.prompt] * 2
     texts = [c.text or "" for c in cands]
-    with_img = inference.text_logprobs(scorer.model, scorer.processor, images, prompts, texts)
-    without = inference.text_logprobs(scorer.model, scorer.processor, None, prompts, texts)
+    with_img = inference.text_logprobs(scorer.engine.model, scorer.processor, images, prompts, texts)
+    without = inference.text_logprobs(scorer.engine.model, scorer.processor, None, prompts, texts)
     for c, r, a, b, t in zip(cands, reasons, with_img, without, texts, strict=True):
         n = len(scorer.processor.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1
         assert c.scores["alignment"] == pytest.approx((a - b) / n, abs=1e-4)
