@@ -32,8 +32,10 @@ CI_BASES := localhost/sail-ci
 CI_REGISTRY := localhost/sail
 CI_TAG := ci
 CI_TORCH := $(shell sed -n 's/^torch==\([0-9.]*\).*/\1/p' requirements/constraints.txt)
-CI_BUILD_ARGS := --build-arg PYTORCH_IMAGE=$(CI_BASES)/pytorch:$(CI_TORCH)-cpu \
-	--build-arg PYTHON_IMAGE=$(CI_BASES)/python:3.11-slim
+# WITH_VLLM=0: vLLM's CUDA build (hundreds of MB, twice) cannot run on CI's CPU stand-ins; the
+# CPU vLLM is tested in its own venv (make vllm-venv), the GPU images keep the default (1).
+CI_BUILD_ARGS := --build-arg PYTHON_IMAGE=$(CI_BASES)/python:3.11-slim --build-arg WITH_VLLM=0 \
+	--build-arg PYTORCH_IMAGE=$(CI_BASES)/pytorch:$(CI_TORCH)-cpu
 
 images-ci-setup:
 	images/ci/podman-setup.sh
