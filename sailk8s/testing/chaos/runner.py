@@ -1,0 +1,203 @@
+"""Run a scenario: the controller as `python -m sailk8s run`, faults fired at their moments, then checks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sailk8s.spec import Pipeline
+from sailk8s.testing.chaos import invariants
+from sailk8s.testing.chaos.catalogue import BY_NAME, KUBE
+from sailk8s.testing.chaos.inject import fire, reached
+from sailk8s.testing.chaos.scenario import Scenario, Strike
+from sailk8s.testing.chaos.world import NAMESPACE, World
+
+GLOBAL_KINDS = frozenset({"store_5xx", "store_reset", "store_slow", "store_down", "controller_sigkill",
+                          "second_controller", "api_5xx_burst", "create_conflict_409", "watch_gone_410",
+                          "watch_cut", "api_throttle_429"})
+
+
+@dataclass
+class Result:
+    """What happened: exit codes, faults fired and missed, violations, wall time."""
+
+    scenario: Scenario
+    exit_code: int | None = None
+    rerun_exit_code: int | None = None
+    fired: list[str] = field(default_factory=list)
+    missed: list[str] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    extra_controllers: list[int | None] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the test log."""
+        return (f"{self.scenario}: exit {self.exit_code} (rerun {self.rerun_exit_code}), fired {self.fired},"
+                f" missed {self.missed}, {len(self.violations)} violations, {self.seconds:.0f}s")
+
+
+class _Controllers:
+    """The scenario's current controller; controller faults replace it or start a rival."""
+
+    def __init__(self, w: World, path: Path) -> None:
+        self.w, self.path = w, path
+        self.lock = threading.Lock()
+        self.current = w.start_controller(path)
+        self.rivals: list[subprocess.Popen[bytes]] = []
+
+    def strike(self, kind: str) -> bool:
+        with self.lock:
+            if self.current.poll() is not None:
+                return False
+            if kind == "controller_sigkill":
+                self.current.kill()
+                self.current.wait(timeout=10)
+                self.current = self.w.start_controller(self.path, "--lock-wait", "60")
+            else:
+                self.rivals.append(self.w.start_controller(self.path))
+            return True
+
+    def wait(self, timeout: float) -> int | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                rc = self.current.poll()
+            if rc is not None:
+                return rc
+            time.sleep(0.2)
+        return None
+
+
+def _injector(w: World, run: str, strikes: list[Strike], ctl: _Controllers, res: Result,
+              stop: threading.Event) -> None:
+    pending = list(strikes)
+    while pending and not stop.is_set():
+        for strike in list(pending):
+            try:
+                if reached(w, run, strike):
+                    pending.remove(strike)
+                    (res.fired if fire(w, run, strike, ctl.strike) else res.missed).append(str(strike))
+            except Exception as exc:  # a fault that could not be fired is a harness problem: say so
+                pending.remove(strike)
+                res.violations.append(f"harness: firing {strike} raised {exc!r}")
+        time.sleep(0.05)
+    res.missed.extend(str(s) for s in pending)
+
+
+def _disarm(w: World) -> None:
+    w.proxy.clear()
+    if w.kube is not None and w.operator is not None:
+        w.kube.faults.clear()
+        for entry in w.operator.scripts:
+            entry.times = entry.used
+
+
+def submitted_names(logs: list[str]) -> list[str]:
+    """Attempt names the controllers submitted, from their JSON event lines."""
+    names = []
+    for text in logs:
+        for line in text.splitlines():
+            if line.startswith("{") and '"attempt_submitted"' in line:
+                names.append(json.loads(line)["name"])
+    return names
+
+
+def allowed_classes(scenario: Scenario, fired: list[str], stages: list[str]) -> dict[str, set[str]]:
+    """Per stage, the failure classes the fired faults may explain."""
+    allowed: dict[str, set[str]] = {s: set() for s in stages}
+    for strike in scenario.strikes:
+        if str(strike) not in fired:
+            continue
+        kind = BY_NAME[strike.kind]
+        for stage in (stages if strike.kind in GLOBAL_KINDS else [strike.moment.stage]):
+            allowed[stage] |= kind.classes
+            if strike.kind in ("store_down", "store_5xx", "store_reset"):
+                allowed[stage].add("infra")  # exit 75 once the store retries give up
+    return allowed
+
+
+def _cluster_leftovers(w: World) -> list[str]:
+    if w.kube is None:
+        return []
+    bad = []
+    pods, _ = w.kube.state.list(w.kube.type("pods"), NAMESPACE)
+    for pod in pods:
+        phase = pod.get("status", {}).get("phase")
+        if phase in ("Running", "Pending"):
+            bad.append(f"pod {pod['metadata']['name']} left {phase}")
+    leases, _ = w.kube.state.list(w.kube.type("leases", "coordination.k8s.io"), NAMESPACE)
+    for lease in leases:
+        if lease.get("spec", {}).get("holderIdentity"):
+            bad.append(f"lease {lease['metadata']['name']} still held by {lease['spec']['holderIdentity']}")
+    return bad
+
+
+def run_scenario(w: World, doc: dict[str, Any], pipeline: Pipeline, scenario: Scenario,
+                 reference: invariants.Snapshot | None, timeout: float = 420.0) -> Result:
+    """Run the pipeline under the scenario's faults, recover, and check every invariant."""
+    start = time.monotonic()
+    res = Result(scenario)
+    path, _ = w.write_pipeline(doc)
+    ctl = _Controllers(w, path)
+    stop = threading.Event()
+    thread = threading.Thread(target=_injector, args=(w, pipeline.run, scenario.strikes, ctl, res, stop),
+                              daemon=True)
+    thread.start()
+    res.exit_code = ctl.wait(timeout)
+    stop.set()
+    thread.join(timeout=70)
+    _disarm(w)
+    for rival in ctl.rivals:
+        try:
+            res.extra_controllers.append(rival.wait(timeout=120))
+        except subprocess.TimeoutExpired:
+            res.extra_controllers.append(None)
+            res.violations.append("a second controller did not finish")
+    if res.exit_code is None:
+        res.violations.append(f"the run did not finish within {timeout:g}s")
+    elif res.exit_code != 0:
+        if not scenario.permanent:
+            res.violations.append(f"the run failed (exit {res.exit_code}) under recoverable faults")
+        rerun = w.start_controller(path)
+        try:
+            res.rerun_exit_code = rerun.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            res.violations.append("the clean rerun did not finish")
+        if res.rerun_exit_code != 0:
+            res.violations.append(f"the clean rerun failed (exit {res.rerun_exit_code})")
+    res.violations += check(w, pipeline, scenario, res, reference)
+    res.seconds = time.monotonic() - start
+    return res
+
+
+def check(w: World, pipeline: Pipeline, scenario: Scenario, res: Result,
+          reference: invariants.Snapshot | None) -> list[str]:
+    """Every invariant of a finished scenario (see invariants)."""
+    bad: list[str] = []
+    left = w.leftovers()
+    bad += [f"process {p.pid} left behind: {' '.join(p.argv)[:120]}" for p in left]
+    bad += _cluster_leftovers(w)
+    if w.store.exists(f"runs/{pipeline.run}/lock"):
+        bad.append("the run's store lock was left behind")
+    for rc in res.extra_controllers:
+        if rc not in (0, 1, 2, 75, None):
+            bad.append(f"a second controller exited {rc}")
+    snap = invariants.snapshot(w.store, pipeline)
+    if reference is not None:
+        bad += invariants.compare_outputs(reference, snap)
+    bad += invariants.check_accounting(snap, pipeline)
+    names = [s.name for s in pipeline.stages]
+    bad += invariants.check_attempts(snap.state, pipeline, allowed_classes(scenario, res.fired, names))
+    bad += invariants.check_names(submitted_names(w.logs()))
+    if w.backend == KUBE:
+        created = [r for r in w.kube.requests if r.method == "POST"  # type: ignore[union-attr]
+                   and r.path.endswith("/pytorchjobs") and r.status == 201]
+        state_names = [a.name for st in (snap.state.stages.values() if snap.state else []) for a in st.attempts]
+        if len(created) != len(set(state_names)):
+            bad.append(f"{len(created)} PyTorchJobs created for {len(set(state_names))} attempts")
+    return bad
