@@ -11,9 +11,8 @@ from sailk8s.testing.chaos import Snapshot, chaos_pipeline, snapshot, world
 from sailk8s.testing.chaos.world import tagged
 
 ROOT = Path(__file__).resolve().parents[2]
-# CI runs these (a few minutes on 2 cores); `--seeds N` runs seeds 1..N on both backends.
+# CI (`make test`) runs these, a few minutes on 2 cores; `--seeds N` runs seeds 1..N on both backends.
 CI_SEEDS = {"local": (2, 3), "kubernetes": (2,)}
-SLOW_SEEDS = range(1, 9)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -26,12 +25,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     count = metafunc.config.getoption("--seeds")
     params = []
     for backend in ("local", "kubernetes"):
-        if count:
-            params += [pytest.param(backend, s, id=f"{backend}-{s}") for s in range(1, count + 1)]
-            continue
-        for s in SLOW_SEEDS:
-            marks = () if s in CI_SEEDS[backend] else (pytest.mark.slow,)
-            params.append(pytest.param(backend, s, id=f"{backend}-{s}", marks=marks))
+        seeds = range(1, count + 1) if count else CI_SEEDS[backend]
+        params += [pytest.param(backend, s, id=f"{backend}-{s}", marks=pytest.mark.slow) for s in seeds]
     metafunc.parametrize(("backend", "seed"), params)
 
 
@@ -41,7 +36,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Snapshot:
     base = tmp_path_factory.mktemp("chaos-reference")
     doc = chaos_pipeline("local")
     with world(base, "local", ROOT) as w:
-        path, pipeline = w.write_pipeline(doc)
+        path, _ = w.write_pipeline(doc)
         proc = w.start_controller(path)
         rc = proc.wait(timeout=300)
         assert rc == 0, "\n".join(w.logs())[-4000:]

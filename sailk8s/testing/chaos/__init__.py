@@ -4,7 +4,7 @@ from sailk8s.testing.chaos.catalogue import BY_NAME, CATALOGUE, FaultKind, kinds
 from sailk8s.testing.chaos.invariants import Snapshot, snapshot
 from sailk8s.testing.chaos.runner import Result, run_scenario
 from sailk8s.testing.chaos.scenario import Moment, Scenario, StageShape, Strike, draw
-from sailk8s.testing.chaos.world import World, chaos_pipeline, world
+from sailk8s.testing.chaos.world import World, adapt, chaos_pipeline, world
 
 __all__ = [
     "BY_NAME",
@@ -17,6 +17,7 @@ __all__ = [
     "StageShape",
     "Strike",
     "World",
+    "adapt",
     "chaos_pipeline",
     "draw",
     "kinds_for",

@@ -89,7 +89,8 @@ CATALOGUE: tuple[FaultKind, ...] = (
     FaultKind("multipart_partial", "a multipart (part) upload is reset half-way", (RUNNING, CHECKPOINT),
               "FaultProxy.inject('reset', match='partNumber='); objects > 8 MiB only, so not drawn for the"
               " tiny pipeline", train_only=True, drawn=False),
-    FaultKind("checkpoint_corrupt", "a checkpoint's weights are corrupted after its manifest, then the rank dies",
+    FaultKind("checkpoint_corrupt",
+              "a checkpoint's weights are corrupted after its manifest, then the rank dies",
               (CHECKPOINT,), "overwrite ckpt/step-N/model.safetensors in the store, SIGKILL the rank",
               train_only=True),
     FaultKind("disk_full", "the rank can write no more local files (EFBIG / SIGXFSZ, as a full disk)",

@@ -14,7 +14,7 @@ from typing import Any
 from sailk8s.testing import behaviors
 from sailk8s.testing.chaos.catalogue import BEFORE_MARKER, CHECKPOINT, RUNNING, SHARD
 from sailk8s.testing.chaos.scenario import Strike
-from sailk8s.testing.chaos.world import NAMESPACE, BUCKET, Proc, World, tagged
+from sailk8s.testing.chaos.world import BUCKET, NAMESPACE, Proc, World, tagged
 
 HUGE = 1_000_000
 
@@ -56,7 +56,8 @@ def _pod(w: World, stage: str) -> str | None:
     assert w.kube is not None
     items, _ = w.kube.state.list(w.kube.type("pods"), NAMESPACE)
     found = [p for p in items if p["metadata"].get("labels", {}).get("sail.io/stage") == stage
-             and p["metadata"]["name"].endswith("-master-0") and p.get("status", {}).get("phase") == "Running"]
+             and p["metadata"]["name"].endswith("-master-0")
+             and p.get("status", {}).get("phase") == "Running"]
     found.sort(key=lambda p: p["metadata"]["name"])
     return found[-1]["metadata"]["name"] if found else None
 

@@ -138,7 +138,8 @@ def check_accounting(run: Snapshot, pipeline: Pipeline) -> list[str]:
             if twice:
                 bad.append(f"{stage.name}: sample keys written twice under {prefix}: {twice[:5]}")
             if keys and "kept" in report and len(keys) != report["kept"]:
-                bad.append(f"{stage.name}: {len(keys)} samples under {prefix}, report says kept {report['kept']}")
+                bad.append(f"{stage.name}: {len(keys)} samples under {prefix},"
+                           f" report says kept {report['kept']}")
     return bad
 
 

@@ -197,7 +197,8 @@ def check(w: World, pipeline: Pipeline, scenario: Scenario, res: Result,
     if w.backend == KUBE:
         created = [r for r in w.kube.requests if r.method == "POST"  # type: ignore[union-attr]
                    and r.path.endswith("/pytorchjobs") and r.status == 201]
-        state_names = [a.name for st in (snap.state.stages.values() if snap.state else []) for a in st.attempts]
+        stages = snap.state.stages.values() if snap.state else []
+        state_names = [a.name for st in stages for a in st.attempts]
         if len(created) != len(set(state_names)):
             bad.append(f"{len(created)} PyTorchJobs created for {len(set(state_names))} attempts")
     return bad

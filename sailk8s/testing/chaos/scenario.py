@@ -74,9 +74,7 @@ def _moments(kind: FaultKind, stage: StageShape) -> list[Moment]:
             out += [Moment(stage.name, at, k) for k in range(stage.units)]
         elif at == CHECKPOINT and not stage.data:
             out += [Moment(stage.name, at, n) for n in range(1, stage.units + 1)]
-        elif at == BEFORE_MARKER and stage.data:
-            out.append(Moment(stage.name, at))
-        elif at not in (SHARD, CHECKPOINT, BEFORE_MARKER):
+        elif (at == BEFORE_MARKER and stage.data) or at not in (SHARD, CHECKPOINT, BEFORE_MARKER):
             out.append(Moment(stage.name, at))
     return out
 
@@ -93,7 +91,7 @@ def draw(seed: int, backend: str, stages: list[StageShape], faults: tuple[int, i
             kind = rng.choice(kinds)
             if kind.permanent and scenario.permanent:
                 continue
-            fits = [s for s in stages if not (kind.data_only and not s.data) and not (kind.train_only and s.data)]
+            fits = [s for s in stages if (s.data or not kind.data_only) and not (kind.train_only and s.data)]
             fresh = [s for s in fits if s.name not in used] or fits
             if not fresh:
                 continue

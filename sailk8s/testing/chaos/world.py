@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import copy
 import os
 import signal
 import subprocess
@@ -48,7 +49,9 @@ class Proc:
     def is_rank(self) -> bool:
         """A rank: runs a `jobs.<kind>` workload (not the launcher, not torchrun)."""
         mods = [self.argv[i + 1] for i, a in enumerate(self.argv[:-1]) if a == "-m"]
-        return bool(mods) and mods[-1].startswith("jobs.") and mods[-1] != "jobs.launch" and "RANK" in self.env
+        if not mods or "RANK" not in self.env:
+            return False
+        return mods[-1].startswith("jobs.") and mods[-1] != "jobs.launch"
 
     @property
     def is_launcher(self) -> bool:
@@ -83,8 +86,9 @@ def chaos_pipeline(backend: str, run: str = "chaos") -> dict[str, Any]:
                "sft_instruction_digits": 0, "eval_digits": 1, "duplicates": 4, "thumbnails": 2}
     data_res = {"procs_per_node": 2, "cpu": "1", "memory": "1Gi"}
     doc: dict[str, Any] = {"run": run, "backend": backend, "store": f"s3://{BUCKET}", "stages": [
-        {"name": "ingest", "kind": "ingest", "outputs": ["data/samples"], "resources": data_res, "retry": retry,
-         "config": {"source": "samples", "shard_size": 4, "sets": ["raw", "reference"], "samples": samples}},
+        {"name": "ingest", "kind": "ingest", "outputs": ["data/samples"], "resources": data_res,
+         "retry": retry, "config": {"source": "samples", "shard_size": 4, "sets": ["raw", "reference"],
+                                    "samples": samples}},
         {"name": "captioner", "kind": "sft", "depends": ["ingest"], "inputs": ["data/samples/reference"],
          "outputs": ["models/captioner"], "retry": retry,
          "resources": {"procs_per_node": 1, "cpu": "1", "memory": "2Gi"},
@@ -101,6 +105,15 @@ def chaos_pipeline(backend: str, run: str = "chaos") -> dict[str, Any]:
     if backend == KUBE:
         doc.update(namespace=NAMESPACE, store_secret=SECRET)
     return doc
+
+
+def adapt(doc: dict[str, Any], backend: str) -> dict[str, Any]:
+    """A pipeline document pointed at a world: its bucket as the store, its cluster's namespace."""
+    out = copy.deepcopy(doc)
+    out.update(backend=backend, store=f"s3://{BUCKET}")
+    if backend == KUBE:
+        out.update(namespace=NAMESPACE, store_secret=SECRET)
+    return out
 
 
 @dataclass
@@ -170,9 +183,9 @@ class World:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(timeout=10)
-        for proc in tagged(self.tag):
+        for left in tagged(self.tag):
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(proc.pid, signal.SIGKILL)
+                os.kill(left.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -191,7 +204,8 @@ def world(workdir: Path, backend: str, root: Path) -> Iterator[World]:
             with FakeKubernetes(namespaces=(NAMESPACE,)) as kube:
                 creds = {"SAIL_STORE_ACCESS_KEY": s3.access_key, "SAIL_STORE_SECRET_KEY": s3.secret_key}
                 data = {var: base64.b64encode(creds[var].encode()).decode() for var in CREDENTIAL_VARS}
-                kube.state.create(kube.type("secrets"), NAMESPACE, {"metadata": {"name": SECRET}, "data": data})
+                secret = {"metadata": {"name": SECRET}, "data": data}
+                kube.state.create(kube.type("secrets"), NAMESPACE, secret)
                 env = {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", TAG_VAR: w.tag}
                 with FakeTrainingOperator(kube, mode="execute", cwd=str(root), kill_grace=2.0,
                                           extra_env=env) as operator:
