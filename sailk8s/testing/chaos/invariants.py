@@ -17,6 +17,8 @@ from sailk8s.spec import Pipeline
 from sailk8s.store.base import ObjectStore
 
 WEIGHTS_TOLERANCE = 1e-5  # absolute, per value, for float weights that differ bit-wise
+# Per stage, one entry per attempt a fault may end: the failure classes it may show.
+Allowed = dict[str, list[frozenset[str]]]
 
 
 @dataclass
@@ -34,11 +36,14 @@ class Snapshot:
 def _sample_keys(data: bytes) -> list[str]:
     """The sample keys of a WebDataset shard (each member's name up to its first dot)."""
     keys: list[str] = []
+    seen: set[str] = set()  # member names of the current sample: a repeated one starts a new sample
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         for member in tar.getmembers():
             key = member.name.split(".", 1)[0]
-            if not keys or keys[-1] != key:
+            if not keys or keys[-1] != key or member.name in seen:
                 keys.append(key)
+                seen = set()
+            seen.add(member.name)
     return keys
 
 
@@ -143,8 +148,8 @@ def check_accounting(run: Snapshot, pipeline: Pipeline) -> list[str]:
     return bad
 
 
-def check_attempts(state: RunState | None, pipeline: Pipeline, allowed: dict[str, set[str]]) -> list[str]:
-    """Attempts within each stage's retry policy; each failure of a class a fault on it may cause."""
+def check_attempts(state: RunState | None, pipeline: Pipeline, allowed: Allowed) -> list[str]:
+    """Attempts within the retry policy; at most one failure per fault that may end one, of its class."""
     if state is None:
         return ["no run state"]
     bad = []
@@ -159,13 +164,15 @@ def check_attempts(state: RunState | None, pipeline: Pipeline, allowed: dict[str
                        f" beyond the policy {policy}")
         if len(st.attempts) > policy.max_attempts + policy.max_infra_retries:
             bad.append(f"{stage.name}: {len(st.attempts)} attempts beyond the policy")
-        for att in st.attempts:
-            if att.failure is None:
-                continue
-            ok = allowed.get(stage.name, set())
+        faults = allowed.get(stage.name, [])
+        ok = set().union(*faults) if faults else set()
+        failed = [att for att in st.attempts if att.failure is not None]
+        for att in failed:
             if str(att.failure) not in ok:
-                bad.append(f"{stage.name} attempt {att.attempt}: failure {att.failure} ({att.reason}:"
-                           f" {att.message}, exit {att.exit_code}) where the faults allow {sorted(ok)}")
+                bad.append(f"{stage.name} attempt {att.attempt}: {att.failure} ({att.reason}: {att.message},"
+                           f" exit {att.exit_code}) where its faults allow {sorted(ok)}")
+        if len(failed) > len(faults):
+            bad.append(f"{stage.name}: {len(failed)} failed attempts, {len(faults)} faults that may end one")
     return bad
 
 

@@ -107,17 +107,17 @@ def submitted_names(logs: list[str]) -> list[str]:
     return names
 
 
-def allowed_classes(scenario: Scenario, fired: list[str], stages: list[str]) -> dict[str, set[str]]:
-    """Per stage, the failure classes the fired faults may explain."""
-    allowed: dict[str, set[str]] = {s: set() for s in stages}
+def allowed_classes(scenario: Scenario, fired: list[str], stages: list[str]) -> invariants.Allowed:
+    """Per stage, one entry per attempt a fired fault may end: the failure classes it may show."""
+    allowed: invariants.Allowed = {s: [] for s in stages}
     for strike in scenario.strikes:
-        if str(strike) not in fired:
-            continue
         kind = BY_NAME[strike.kind]
+        if str(strike) not in fired or not kind.classes:
+            continue
         for stage in (stages if strike.kind in GLOBAL_KINDS else [strike.moment.stage]):
-            allowed[stage] |= kind.classes
-            if strike.kind in ("store_down", "store_5xx", "store_reset"):
-                allowed[stage].add("infra")  # exit 75 once the store retries give up
+            allowed[stage].append(kind.classes)
+            if kind.permanent:  # the attempt it struck was killed first (infra), the next one fails
+                allowed[stage].append(frozenset({"infra"}))
     return allowed
 
 
