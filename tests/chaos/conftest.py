@@ -11,21 +11,24 @@ from sailk8s.testing.chaos import Snapshot, chaos_pipeline, snapshot, world
 from sailk8s.testing.chaos.world import tagged
 
 ROOT = Path(__file__).resolve().parents[2]
-# CI (`make test`) runs these, a few minutes on 2 cores; `--seeds N` runs seeds 1..N on both backends.
+# CI (`make test`) runs these, a few minutes on 2 cores; `--seeds N` runs seeds 1..N on both backends,
+# `--seed S` (repeatable) the seeds named.
 CI_SEEDS = {"local": (2, 3), "kubernetes": (2,)}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--seeds", type=int, default=None, help="run chaos seeds 1..N on both backends")
+    parser.addoption("--seed", type=int, action="append", default=[], help="run this chaos seed (repeatable)")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     if not {"seed", "backend"} <= set(metafunc.fixturenames):
         return
     count = metafunc.config.getoption("--seeds")
+    chosen = metafunc.config.getoption("--seed")
     params = []
     for backend in ("local", "kubernetes"):
-        seeds = range(1, count + 1) if count else CI_SEEDS[backend]
+        seeds = chosen or (range(1, count + 1) if count else CI_SEEDS[backend])
         params += [pytest.param(backend, s, id=f"{backend}-{s}", marks=pytest.mark.slow) for s in seeds]
     metafunc.parametrize(("backend", "seed"), params)
 

@@ -89,12 +89,17 @@ def _injector(w: World, run: str, strikes: list[Strike], ctl: _Controllers, res:
     res.missed.extend(str(s) for s in pending)
 
 
-def _disarm(w: World) -> None:
-    w.proxy.clear()
-    if w.kube is not None and w.operator is not None:
-        w.kube.faults.clear()
+def _disarm_pods(w: World) -> None:
+    if w.operator is not None:
         for entry in w.operator.scripts:
             entry.times = entry.used
+
+
+def _disarm(w: World) -> None:
+    w.proxy.clear()
+    _disarm_pods(w)
+    if w.kube is not None:
+        w.kube.faults.clear()
 
 
 def submitted_names(logs: list[str]) -> list[str]:
@@ -149,6 +154,16 @@ def run_scenario(w: World, doc: dict[str, Any], pipeline: Pipeline, scenario: Sc
                               daemon=True)
     thread.start()
     res.exit_code = ctl.wait(timeout)
+    if res.exit_code not in (0, None) and scenario.permanent:
+        # The permanent fault failed the run: lift it and run again, the other faults still armed.
+        _disarm_pods(w)
+        with ctl.lock:
+            ctl.current = w.start_controller(path)
+        res.rerun_exit_code = ctl.wait(timeout)
+        if res.rerun_exit_code != 0:
+            res.violations.append(f"the rerun after the permanent fault failed (exit {res.rerun_exit_code})")
+    elif res.exit_code not in (0, None):
+        res.violations.append(f"the run failed (exit {res.exit_code}) under recoverable faults")
     stop.set()
     thread.join(timeout=70)
     _disarm(w)
@@ -158,18 +173,8 @@ def run_scenario(w: World, doc: dict[str, Any], pipeline: Pipeline, scenario: Sc
         except subprocess.TimeoutExpired:
             res.extra_controllers.append(None)
             res.violations.append("a second controller did not finish")
-    if res.exit_code is None:
+    if res.exit_code is None or (scenario.permanent and res.exit_code and res.rerun_exit_code is None):
         res.violations.append(f"the run did not finish within {timeout:g}s")
-    elif res.exit_code != 0:
-        if not scenario.permanent:
-            res.violations.append(f"the run failed (exit {res.exit_code}) under recoverable faults")
-        rerun = w.start_controller(path)
-        try:
-            res.rerun_exit_code = rerun.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            res.violations.append("the clean rerun did not finish")
-        if res.rerun_exit_code != 0:
-            res.violations.append(f"the clean rerun failed (exit {res.rerun_exit_code})")
     res.violations += check(w, pipeline, scenario, res, reference)
     res.seconds = time.monotonic() - start
     return res
