@@ -10,6 +10,7 @@ BOTH = frozenset({LOCAL, KUBE})
 KUBE_ONLY = frozenset({KUBE})
 
 # Where a fault may strike, by the stage's progress (see scenario.Moment).
+START = "start"  # the moment the run is started
 RUNNING = "running"  # the stage's attempt has a live rank
 SHARD = "shard"  # a data stage has written k shard markers (during shard k+1)
 CHECKPOINT = "checkpoint"  # a training stage has written checkpoint n's manifest
@@ -76,6 +77,8 @@ CATALOGUE: tuple[FaultKind, ...] = (
               "Popen.kill() on `python -m sailk8s run`, then `run --lock-wait 60`", classes=ABSORBED),
     FaultKind("second_controller", "a second controller is started on the same run at once", _PROGRESS,
               "a second `python -m sailk8s run` (it must refuse or find nothing to do)", classes=ABSORBED),
+    FaultKind("twin_controllers", "two controllers are started on the same run in the same instant", (START,),
+              "a second `python -m sailk8s run` started right after the first", classes=ABSORBED),
     FaultKind("store_5xx", "the store answers a burst of requests 503/500", _PROGRESS,
               "FaultProxy.inject('503'/'500', times=3..8)", classes=ABSORBED),
     FaultKind("store_reset", "store connections are reset after the request is read", _PROGRESS,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sailk8s.testing import behaviors
-from sailk8s.testing.chaos.catalogue import BEFORE_MARKER, CHECKPOINT, RUNNING, SHARD
+from sailk8s.testing.chaos.catalogue import BEFORE_MARKER, CHECKPOINT, RUNNING, SHARD, START
 from sailk8s.testing.chaos.scenario import Strike
 from sailk8s.testing.chaos.world import BUCKET, NAMESPACE, Proc, World, tagged
 
@@ -31,6 +31,8 @@ def _count(w: World, prefix: str, suffix: str) -> int:
 def reached(w: World, run: str, strike: Strike) -> bool:
     """True once the strike's moment has come: the stage has a live rank and the progress is there."""
     m = strike.moment
+    if m.at == START:
+        return True
     if not ranks(w, m.stage):
         return False
     if m.at in (RUNNING, BEFORE_MARKER):
@@ -111,7 +113,7 @@ def fire(w: World, run: str, strike: Strike, controller: Callable[[str], bool]) 
         return _kill(found, signal.SIGKILL if kind == "rank_sigkill" else signal.SIGTERM)
     if kind == "launcher_sigkill":
         return _kill([p for p in tagged(w.tag) if p.stage == stage and p.is_launcher], signal.SIGKILL)
-    if kind in ("controller_sigkill", "second_controller"):
+    if kind in ("controller_sigkill", "second_controller", "twin_controllers"):
         return controller(kind)
     if kind == "store_5xx":
         w.proxy.inject("503" if int(param) % 2 else "500", int(param))

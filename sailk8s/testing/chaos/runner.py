@@ -18,8 +18,8 @@ from sailk8s.testing.chaos.scenario import Scenario, Strike
 from sailk8s.testing.chaos.world import NAMESPACE, World
 
 GLOBAL_KINDS = frozenset({"store_5xx", "store_reset", "store_slow", "store_down", "controller_sigkill",
-                          "second_controller", "api_5xx_burst", "create_conflict_409", "watch_gone_410",
-                          "watch_cut", "api_throttle_429"})
+                          "second_controller", "twin_controllers", "api_5xx_burst", "create_conflict_409",
+                          "watch_gone_410", "watch_cut", "api_throttle_429"})
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from sailk8s.testing.chaos.catalogue import BEFORE_MARKER, CHECKPOINT, SHARD, FaultKind, kinds_for
+from sailk8s.testing.chaos.catalogue import BEFORE_MARKER, CHECKPOINT, SHARD, START, FaultKind, kinds_for
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class Moment:
     count: int = 0
 
     def __str__(self) -> str:
+        if self.at == START:
+            return START
         return f"{self.stage}@{self.at}" + (f":{self.count}" if self.at in (SHARD, CHECKPOINT) else "")
 
 
