@@ -13,7 +13,7 @@ from sailk8s.testing.chaos.world import tagged
 ROOT = Path(__file__).resolve().parents[2]
 # CI (`make test`) runs these, a few minutes on 2 cores; `--seeds N` runs seeds 1..N on both backends,
 # `--seed S` (repeatable) the seeds named.
-CI_SEEDS = {"local": (1, 4), "kubernetes": (1,)}
+CI_SEEDS = {"local": (37, 96), "kubernetes": (1,)}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -87,6 +87,8 @@ CATALOGUE: tuple[FaultKind, ...] = (
               "FaultProxy.inject('slow', times=3..6, delay_s=1..3)", classes=ABSORBED),
     FaultKind("store_down", "the store is down for seconds (every request 503), then back", _PROGRESS,
               "FaultProxy.inject('503', times=huge) for 4..12 s, then clear()", classes=ABSORBED),
+    FaultKind("store_outage", "the store is down longer than the workloads' retry budget (30 s), then back",
+              _PROGRESS, "FaultProxy.inject('503', times=huge) for 40 s, then clear(); exit 75 is infra"),
     FaultKind("marker_lost", "a shard's output is uploaded and the rank dies before its marker",
               (BEFORE_MARKER,), "FaultProxy 'slow' on the marker PUT, SIGKILL of the ranks meanwhile",
               data_only=True),

@@ -124,9 +124,9 @@ def fire(w: World, run: str, strike: Strike, controller: Callable[[str], bool]) 
     if kind == "store_slow":
         w.proxy.inject("slow", 5, delay_s=param)
         return True
-    if kind == "store_down":
+    if kind in ("store_down", "store_outage"):
         w.proxy.inject("503", HUGE)
-        _later(param, w.proxy.clear)
+        _later(param if kind == "store_down" else 40.0, w.proxy.clear)
         return True
     if kind == "marker_lost":
         return _marker_lost(w, run, stage)

@@ -17,9 +17,9 @@ from sailk8s.testing.chaos.inject import fire, reached
 from sailk8s.testing.chaos.scenario import Scenario, Strike
 from sailk8s.testing.chaos.world import NAMESPACE, World
 
-GLOBAL_KINDS = frozenset({"store_5xx", "store_reset", "store_slow", "store_down", "controller_sigkill",
-                          "second_controller", "twin_controllers", "api_5xx_burst", "create_conflict_409",
-                          "watch_gone_410", "watch_cut", "api_throttle_429"})
+GLOBAL_KINDS = frozenset({"store_5xx", "store_reset", "store_slow", "store_down", "store_outage",
+                          "controller_sigkill", "second_controller", "twin_controllers", "api_5xx_burst",
+                          "create_conflict_409", "watch_gone_410", "watch_cut", "api_throttle_429"})
 
 
 @dataclass
@@ -63,10 +63,16 @@ class _Controllers:
             return True
 
     def wait(self, timeout: float) -> int | None:
+        """The exit code of the controller that drove the run: a refused one hands over to its rival."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with self.lock:
                 rc = self.current.poll()
+                if rc not in (0, None):
+                    rival = next((r for r in self.rivals if r.poll() in (0, None)), None)
+                    if rival is not None:  # the rival won the lock: it drives the run now
+                        self.rivals[self.rivals.index(rival)] = self.current
+                        self.current, rc = rival, None
             if rc is not None:
                 return rc
             time.sleep(0.2)
