@@ -76,10 +76,17 @@ def _marker_lost(w: World, run: str, stage: str) -> bool:
     seen = len(w.proxy.log)
     w.proxy.inject("slow", 1, delay_s=4.0, match=match)
     deadline = time.monotonic() + 60
+    idle_since: float | None = None
     while time.monotonic() < deadline:
         if any(match in line for line in w.proxy.log[seen:]):
             return _kill(ranks(w, stage), signal.SIGKILL)
-        time.sleep(0.02)
+        if ranks(w, stage):
+            idle_since = None
+        elif idle_since is None:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since > 3:  # the stage is over: nothing left to strike
+            break
+        time.sleep(0.05)
     w.proxy.clear()
     return False
 

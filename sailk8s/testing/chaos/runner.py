@@ -82,16 +82,29 @@ class _Controllers:
 def _injector(w: World, run: str, strikes: list[Strike], ctl: _Controllers, res: Result,
               stop: threading.Event) -> None:
     pending = list(strikes)
+    firing: list[threading.Thread] = []
+
+    def strike_now(strike: Strike) -> None:  # one thread each: a fault that waits blocks no other
+        try:
+            (res.fired if fire(w, run, strike, ctl.strike) else res.missed).append(str(strike))
+        except Exception as exc:  # a fault that could not be fired is a harness problem: say so
+            res.violations.append(f"harness: firing {strike} raised {exc!r}")
+
     while pending and not stop.is_set():
         for strike in list(pending):
             try:
-                if reached(w, run, strike):
-                    pending.remove(strike)
-                    (res.fired if fire(w, run, strike, ctl.strike) else res.missed).append(str(strike))
-            except Exception as exc:  # a fault that could not be fired is a harness problem: say so
+                due = reached(w, run, strike)
+            except Exception as exc:
                 pending.remove(strike)
-                res.violations.append(f"harness: firing {strike} raised {exc!r}")
+                res.violations.append(f"harness: probing {strike} raised {exc!r}")
+                continue
+            if due:
+                pending.remove(strike)
+                firing.append(threading.Thread(target=strike_now, args=(strike,), daemon=True))
+                firing[-1].start()
         time.sleep(0.05)
+    for thread in firing:
+        thread.join(timeout=70)
     res.missed.extend(str(s) for s in pending)
 
 
