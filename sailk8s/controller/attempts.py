@@ -79,9 +79,10 @@ class StageDriver:
         if self._abort is not None:
             raise Aborted()
 
-    def _drive_stage(self, stage: Stage) -> None:
+    def _drive_stage(self, stage: Stage, resume: bool = False) -> None:
         st = self.state.stages[stage.name]
-        if self._complete(stage, st):
+        adopting = resume and st.last is not None and not st.last.finished  # an outage ended mid-attempt
+        if not adopting and self._complete(stage, st):
             with self._mutex:
                 if st.state not in DONE:
                     st.state, st.finished_at = SKIPPED, self.clock()

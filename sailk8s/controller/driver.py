@@ -12,7 +12,7 @@ import structlog
 from sailk8s.backends.base import Backend, LockLost, RunLock
 from sailk8s.controller.attempts import StageDriver
 from sailk8s.controller.runinfo import Aborted, Event, default_holder, new_run_id
-from sailk8s.errors import ConfigError, SailError, StoreError
+from sailk8s.errors import ConfigError, SailError, StoreError, StoreUnavailable
 from sailk8s.ledger.claims import claim_outputs
 from sailk8s.ledger.runstate import (
     BLOCKED,
@@ -33,6 +33,10 @@ from sailk8s.store.base import ObjectStore
 
 log = structlog.get_logger("sailk8s.controller")
 
+
+# How long a stage's driver waits out a store that stays unavailable after the store's own
+# retries (SAIL_STORE_RETRY_SECONDS) before the stage fails with the store's error.
+STORE_OUTAGE_SECONDS = 600.0
 
 class Controller(StageDriver):
     """Runs a pipeline's stages on a backend, persisting run state in the store.
@@ -245,7 +249,7 @@ class Controller(StageDriver):
 
     def _stage_thread(self, stage: Stage) -> None:
         try:
-            self._drive_stage(stage)
+            self._ride_out_store_outages(stage)
         except Aborted:
             pass
         except SailError as err:
@@ -256,6 +260,26 @@ class Controller(StageDriver):
         finally:
             with self._mutex:
                 self._changed.notify_all()
+
+    def _ride_out_store_outages(self, stage: Stage) -> None:
+        """Drive the stage; a store outage longer than the store's own retries is waited out (up to
+        STORE_OUTAGE_SECONDS), then the stage is driven again from its running attempt."""
+        first_failure: float | None = None
+        resume = False
+        while True:
+            try:
+                self._drive_stage(stage, resume=resume)
+                return
+            except StoreUnavailable as err:
+                now = self.clock()
+                first_failure = now if first_failure is None else first_failure
+                if now - first_failure > STORE_OUTAGE_SECONDS:
+                    raise
+                log.warning("store unavailable: waiting to drive the stage again", stage=stage.name,
+                            error=str(err))
+                self._check_abort()
+                self.sleep(min(self.tick, 5.0))
+                resume = True
 
     def _fail_stage(self, stage: Stage, cause: str) -> None:
         with self._mutex:
