@@ -388,7 +388,7 @@ class Trainer:
             self.loss_curve(state)
             if self.scalars is not None:
                 self.scalars.close()
-                report["tensorboard"] = self.stage.store.describe(self.stage.paths.artifact(PREFIX))
+                report["tensorboard"] = self.stage.paths.artifact(PREFIX)  # store-relative, as exported_to
             self.results.write_report(self.stage.ctx.attempt, report)
             self.log.info("training done", exported_to=export, final_loss=report["final_loss"])
         return report
