@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 
@@ -251,6 +251,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
+            orientation = header_orientation(img)
             w, h = img.size
             if w <= 0 or h <= 0 or w * h > max_pixels:
                 raise BadSampleError(DECOMPRESSION_BOMB, f"{w}x{h}")
@@ -268,16 +269,18 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         reason = TRUNCATED_IMAGE if ("truncated" in msg or "broken" in msg or isinstance(err, EOFError)) \
             else NOT_AN_IMAGE
         raise BadSampleError(reason, msg) from None
-    return to_rgb(img)
+    return to_rgb(img, orientation)
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """The picture as a viewer shows it, in 8-bit RGB: EXIF orientation applied, 16-bit grey scaled
-    down (not clipped to white), transparency flattened onto white (not onto whatever the hidden
-    colour channels hold)."""
-    ImageOps.exif_transpose(img, in_place=True)
+def to_rgb(img: Image.Image, orientation: int | None = None) -> Image.Image:
+    """The picture as a viewer shows it, in 8-bit RGB: EXIF `orientation` applied, 16-bit grey
+    scaled down (not clipped to white), transparency flattened onto white (not onto whatever the
+    hidden colour channels hold)."""
+    if orientation in _TRANSPOSE:
+        img = img.transpose(_TRANSPOSE[orientation])
     if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-        scale = 1 / 256 if img.mode.startswith("I;16") or img.getextrema()[1] > 255 else 1.0  # type: ignore[operator]
+        hi = img.getextrema()[1]
+        scale = 1 / 256 if img.mode.startswith("I;16") or (isinstance(hi, (int, float)) and hi > 255) else 1.0
         img = img.convert("I").point(lambda v: v * scale).convert("L")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (img.mode == "P" and "transparency" in img.info):
         flat = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -286,13 +289,31 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def shown_size(img: Image.Image) -> tuple[int, int]:
-    """(width, height) as `to_rgb` will give them, from the header: EXIF orientations 5-8 swap them."""
-    w, h = img.size
-    return (h, w) if img.getexif().get(_ORIENTATION) in (5, 6, 7, 8) else (w, h)
-
-
 _ORIENTATION = 0x0112  # the EXIF tag
+_TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+              4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+              6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90}
+
+
+def header_orientation(img: Image.Image) -> int | None:
+    """The EXIF orientation known from the header alone (JPEG APP1, a PNG eXIf before the pixels);
+    never decodes pixels, so the training planner and the decoder agree at the same cost."""
+    raw = img.info.get("exif")
+    if not isinstance(raw, bytes) or not raw:
+        return None
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+    except Exception:  # a malformed EXIF block is ignored, as viewers do
+        return None
+    value = exif.get(_ORIENTATION)
+    return value if isinstance(value, int) else None
+
+
+def shown_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as `decode_image` gives them, from the header: orientations 5-8 swap them."""
+    w, h = img.size
+    return (h, w) if header_orientation(img) in (5, 6, 7, 8) else (w, h)
 
 
 def encode_image(img: Image.Image, fmt: str = "png", quality: int = 90) -> bytes:
