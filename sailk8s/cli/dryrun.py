@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 import yaml
 
-from sailk8s.backends.kubernetes.manifest import build_pytorchjob
 from sailk8s.backends.kubernetes.validation import ManifestInvalid, webhook_errors
+from sailk8s.cli.render import manifest_for
 from sailk8s.controller.plan import RERUN, RESUME, RUN, plan_run
 from sailk8s.settings import Settings
 from sailk8s.spec import Pipeline
@@ -23,10 +23,7 @@ def print_plan(pipeline: Pipeline, store: ObjectStore, settings: Settings, only:
             raise click.UsageError("-o yaml prints Kubernetes jobs: the pipeline's backend is local")
         docs = []
         for p in to_run:
-            manifest = build_pytorchjob(pipeline, pipeline.stage(p.stage), p.attempt,
-                                        namespace=pipeline.namespace or settings.namespace,
-                                        store_endpoint=settings.store_endpoint,
-                                        store_region=settings.store_region)
+            manifest = manifest_for(pipeline, pipeline.stage(p.stage), p.attempt, settings)
             problems = webhook_errors(manifest)
             if problems:
                 raise ManifestInvalid(manifest["metadata"]["name"], problems)

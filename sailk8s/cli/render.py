@@ -7,6 +7,7 @@ request to any API server or object store (it never builds a client for either).
 from __future__ import annotations
 
 import importlib.util
+from typing import Any
 
 import click
 import yaml
@@ -19,7 +20,7 @@ from sailk8s.backends.kubernetes.validation import (
     webhook_errors,
 )
 from sailk8s.settings import Settings
-from sailk8s.spec import load_pipeline
+from sailk8s.spec import Pipeline, Stage, load_pipeline
 
 
 @click.command()
@@ -45,16 +46,8 @@ def render(ctx: click.Context, stage: str, path: str, attempt: int, crd: str | N
     """Print STAGE's PyTorchJob manifest exactly as it would be submitted; no writes anywhere."""
     settings = ctx.obj if isinstance(ctx.obj, Settings) else Settings()
     pipeline = load_pipeline(path)
-    spec = pipeline.stage(stage)
     namespace = pipeline.namespace or settings.namespace
-    manifest = build_pytorchjob(
-        pipeline,
-        spec,
-        attempt,
-        namespace=namespace,
-        store_endpoint=settings.store_endpoint,
-        store_region=settings.store_region,
-    )
+    manifest = manifest_for(pipeline, pipeline.stage(stage), attempt, settings)
     crd_path = find_crd(crd)
     if crd_path is not None and importlib.util.find_spec("jsonschema") is not None:
         validate_manifest(manifest, crd_path)
@@ -73,3 +66,9 @@ def render(ctx: click.Context, stage: str, path: str, attempt: int, crd: str | N
     name = manifest["metadata"]["name"]
     click.echo(f"# {name}: valid ({checked})", err=True)
     click.echo(f"# {kubectl_commands(namespace, pipeline.run)[0]}", err=True)
+
+
+def manifest_for(pipeline: Pipeline, stage: Stage, attempt: int, settings: Settings) -> dict[str, Any]:
+    """The PyTorchJob an attempt would submit, from the file and SAIL_* settings alone (no client)."""
+    return build_pytorchjob(pipeline, stage, attempt, namespace=pipeline.namespace or settings.namespace,
+                            store_endpoint=settings.store_endpoint, store_region=settings.store_region)
