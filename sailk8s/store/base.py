@@ -40,6 +40,12 @@ def validate_prefix(prefix: str) -> str:
     return prefix
 
 
+def check_condition(if_absent: bool, if_version: str | None) -> None:
+    """Refuse a put_if without exactly one condition: a typo must not become an unconditional write."""
+    if if_absent == (if_version is not None):
+        raise ValueError("put_if needs exactly one of if_absent=True or if_version=...")
+
+
 class ObjectStore(abc.ABC):
     """A flat key/value object store with atomic writes.
 
@@ -56,6 +62,25 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
         """Read a whole object; ObjectNotFound if absent."""
+
+    @abc.abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """A whole object and its version (opaque, for put_if/delete_if); ObjectNotFound if absent."""
+
+    @abc.abstractmethod
+    def put_if(self, key: str, data: bytes, *, if_absent: bool = False,
+               if_version: str | None = None) -> str | None:
+        """Write only if key is absent (if_absent) or still at if_version: the new version, else None.
+
+        Exactly one condition must be given. Conditional writes are atomic against each other
+        and delete_if, not against a plain put of the same key. Stores that retry may find an
+        interrupted earlier try of this very write: data should carry a token unique to the
+        writer, so that reading back our own bytes tells that the write went through.
+        """
+
+    @abc.abstractmethod
+    def delete_if(self, key: str, version: str) -> bool:
+        """Remove an object only if it is still at version; False if it changed or is gone."""
 
     @abc.abstractmethod
     def exists(self, key: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -10,11 +11,13 @@ from pathlib import Path
 from typing import IO
 
 from sailk8s.errors import ObjectNotFound, StoreError, StoreKeyError, StoreUnavailable
-from sailk8s.store.atomic import TEMP_PREFIX, check_not_temp, write_atomic
-from sailk8s.store.base import ObjectStore, validate_key, validate_prefix
+from sailk8s.store.atomic import TEMP_PREFIX, check_not_temp, create_exclusive, locked_beside, write_atomic
+from sailk8s.store.base import ObjectStore, check_condition, validate_key, validate_prefix
 
 _COPY_CHUNK = 1 << 20
 _SENDFILE_CHUNK = 1 << 30
+# link(2) errors that mean "this filesystem has no hard links" (vfat, some FUSE mounts).
+_NO_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 class LocalStore(ObjectStore):
@@ -72,6 +75,64 @@ class LocalStore(ObjectStore):
             write_atomic(path, write, durable=self.durable)
         except OSError as err:
             raise self._os_error("write", key, err) from err
+
+    # -- conditional writes -----------------------------------------------------------------
+    # A version is the sha256 of the content: "replace only if unchanged" needs nothing more,
+    # and unlike mtime or inode numbers it cannot come back for different bytes.
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """Read a whole file and the sha256 of its content."""
+        data = self.get(key)
+        return data, _version(data)
+
+    def put_if(self, key: str, data: bytes, *, if_absent: bool = False,
+               if_version: str | None = None) -> str | None:
+        """Create by temp file + link(2), which never replaces; replace under a per-key flock."""
+        check_condition(if_absent, if_version)
+        path = self._path(key)
+
+        def write(f: IO[bytes]) -> object:
+            return f.write(data)
+
+        try:
+            if if_absent:
+                try:
+                    created = create_exclusive(path, write, durable=self.durable)
+                except OSError as err:
+                    if err.errno not in _NO_LINKS:
+                        raise
+                    created = self._create_locked(path, write)  # a filesystem without hard links
+                return _version(data) if created else None
+            if not path.parent.is_dir():
+                return None  # no folder, so no object to replace
+            with locked_beside(path):
+                if _current_version(path) != if_version:
+                    return None
+                write_atomic(path, write, durable=self.durable)
+        except OSError as err:
+            raise self._os_error("write", key, err) from err
+        return _version(data)
+
+    def _create_locked(self, path: Path, write: Callable[[IO[bytes]], object]) -> bool:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with locked_beside(path):
+            if os.path.lexists(path):
+                return False
+            write_atomic(path, write, durable=self.durable)
+        return True
+
+    def delete_if(self, key: str, version: str) -> bool:
+        """Unlink under the per-key flock if the content still hashes to version."""
+        path = self._path(key)
+        if not path.parent.is_dir():
+            return False
+        try:
+            with locked_beside(path):
+                if _current_version(path) != version:
+                    return False
+                path.unlink()
+        except OSError as err:
+            raise self._os_error("delete", key, err) from err
+        return True
 
     def delete(self, key: str) -> None:
         """Remove the file; a missing key is fine."""
@@ -145,6 +206,17 @@ class LocalStore(ObjectStore):
             return StoreError(f"cannot {op} {where}: a parent or the key itself is both an object "
                               "and a prefix (the local store cannot hold both)")
         return StoreError(f"cannot {op} {where}: {err.strerror or err}")
+
+
+def _version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _current_version(path: Path) -> str | None:
+    try:
+        return _version(path.read_bytes())
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
 
 
 def _walk(entry: os.DirEntry[str], key: str, out: list[str]) -> None:

@@ -14,11 +14,11 @@ from minio import Minio
 from minio.error import S3Error
 from minio.helpers import check_bucket_name
 
-from sailk8s.errors import ConfigError, StoreError, StoreUnavailable
+from sailk8s.errors import ConfigError, ObjectNotFound, StoreError, StoreUnavailable
 from sailk8s.settings import Settings
 from sailk8s.store import s3errors
 from sailk8s.store.atomic import check_not_temp, write_atomic
-from sailk8s.store.base import ObjectStore, validate_key, validate_prefix
+from sailk8s.store.base import ObjectStore, check_condition, validate_key, validate_prefix
 from sailk8s.store.retry import call_with_retry, one_line
 
 T = TypeVar("T")
@@ -176,6 +176,72 @@ class S3Store(ObjectStore):
 
         self._call("put", key, upload)
 
+    # -- conditional writes -----------------------------------------------------------------
+    # S3 conditional writes: If-None-Match: * creates only, If-Match: <etag> replaces only that
+    # version. The version is the ETag. minio's public put_object turns extra headers into
+    # x-amz-meta-* metadata, so these go through its _put_object / _execute (single requests).
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """Read a whole object and its ETag."""
+        name = self._name(key)
+
+        def fetch() -> tuple[bytes, str]:
+            resp = self._client.get_object(self.bucket, name)
+            try:
+                return bytes(resp.read()), _etag(resp.headers.get("ETag"))
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("get", key, fetch)
+
+    def put_if(self, key: str, data: bytes, *, if_absent: bool = False,
+               if_version: str | None = None) -> str | None:
+        """One conditional PUT (up to 5 GiB); a precondition failure after a lost answer is checked."""
+        check_condition(if_absent, if_version)
+        name = self._name(key)
+        headers: dict[str, str | list[str] | tuple[str]] = {"Content-Type": "application/octet-stream"}
+        headers.update({"If-None-Match": "*"} if if_absent else {"If-Match": f'"{if_version}"'})
+        tries = 0
+
+        def upload() -> str | None:
+            nonlocal tries
+            tries += 1
+            try:
+                return _etag(self._client._put_object(self.bucket, name, data, headers=headers).etag)
+            except S3Error as err:
+                if s3errors.precondition_failed(err):
+                    return None
+                raise
+
+        version = self._call("put", key, upload)
+        if version is None and tries > 1:
+            # An earlier try may have written before its answer was lost (a reset): then the
+            # retry fails its precondition against our own write. Our bytes there mean we won.
+            return self._version_if_ours(key, data)
+        return version
+
+    def _version_if_ours(self, key: str, data: bytes) -> str | None:
+        try:
+            current, version = self.get_versioned(key)
+        except ObjectNotFound:
+            return None
+        return version if current == data else None
+
+    def delete_if(self, key: str, version: str) -> bool:
+        """DELETE with If-Match; False if the object changed or is gone (a retried delete included)."""
+        name = self._name(key)
+
+        def remove() -> bool:
+            try:
+                self._client._execute("DELETE", self.bucket, name, headers={"If-Match": f'"{version}"'})
+            except S3Error as err:
+                if s3errors.precondition_failed(err):
+                    return False
+                raise
+            return True
+
+        return self._call("delete", key, remove)
+
     def delete(self, key: str) -> None:
         """Remove an object; S3 answers a missing key with success too."""
         name = self._name(key)
@@ -249,6 +315,11 @@ class S3Store(ObjectStore):
         self._call("list", prefix, fetch)
         self._bucket_known = True
         return iter([n[strip:] for n in names])
+
+
+def _etag(value: str | None) -> str:
+    """An ETag without its quotes (servers differ in quoting it); '' if the server sent none."""
+    return (value or "").strip('"')
 
 
 def _stream_to(resp: Any, f: IO[bytes]) -> None:

@@ -22,6 +22,15 @@ ACCESS_CODES = frozenset({
     "InvalidToken", "ExpiredToken", "AccountProblem",
 })
 
+# A conditional request whose condition did not hold: 412, 409 when a concurrent conditional
+# write to the key won, and NoSuchKey for If-Match on a key that is gone.
+PRECONDITION_CODES = frozenset({"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"})
+
+
+def precondition_failed(err: S3Error) -> bool:
+    """Whether a conditional PUT or DELETE failed its condition (not the request itself)."""
+    return err.code in PRECONDITION_CODES
+
 
 def _status_transient(status: int | None) -> bool:
     return status is not None and (status >= 500 or status in (408, 429))

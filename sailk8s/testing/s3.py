@@ -20,7 +20,7 @@ from xml.sax.saxutils import escape as xml_escape
 
 from sailk8s.settings import Settings
 
-FaultKind = Literal["503", "500", "429", "403", "reset", "slow"]
+FaultKind = Literal["503", "500", "429", "403", "reset", "reset-after", "slow"]
 
 ACCESS_KEY = "sail-test-access"
 SECRET_KEY = "sail-test-secret-do-not-log"  # tests assert this never shows up in output
@@ -130,7 +130,10 @@ class FaultProxy:
     """An HTTP proxy in front of an S3 server that injects faults into the next matching requests.
 
     Faults: "503"/"500"/"429"/"403" answer with an S3 XML error (429 as SlowDown); "reset" reads
-    the request and then resets the TCP connection; "slow" waits delay_s before forwarding.
+    the request and then resets the TCP connection; "reset-after" forwards the request and
+    resets instead of answering (it took effect, the client cannot know); "slow" waits delay_s
+    before forwarding. Everything else, conditional headers (If-Match, If-None-Match) included,
+    is forwarded unchanged.
     """
 
     upstream: str
@@ -227,7 +230,9 @@ def _make_handler(proxy: FaultProxy, up_host: str, up_port: int) -> type[BaseHTT
             body = self._body()
             fault = proxy._take(f"{self.command} {self.path}")
             if fault is not None:
-                if fault.kind == "reset":
+                if fault.kind in ("reset", "reset-after"):
+                    if fault.kind == "reset-after":
+                        self._upstream(body)
                     # SO_LINGER 0 turns close() into a TCP RST: the client sees a connection reset.
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                     self.close_connection = True
@@ -262,26 +267,30 @@ def _make_handler(proxy: FaultProxy, up_host: str, up_port: int) -> type[BaseHTT
             self.end_headers()
             self.wfile.write(xml)
 
-        def _forward(self, body: bytes) -> None:
+        def _upstream(self, body: bytes) -> tuple[http.client.HTTPResponse, bytes]:
+            """Send the request upstream as it came (end-to-end headers unchanged); its response."""
             conn = http.client.HTTPConnection(up_host, up_port, timeout=60)
             try:
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP_BY_HOP}
                 conn.request(self.command, self.path, body=body if body else None, headers=headers)
                 resp = conn.getresponse()
-                data = resp.read()
-                self.send_response(resp.status, resp.reason)
-                for k, v in resp.getheaders():
-                    if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
-                        self.send_header(k, v)
-                if self.command == "HEAD":
-                    self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
-                    self.end_headers()
-                else:
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                return resp, resp.read()
             finally:
                 conn.close()
+
+        def _forward(self, body: bytes) -> None:
+            resp, data = self._upstream(body)
+            self.send_response(resp.status, resp.reason)
+            for k, v in resp.getheaders():
+                if k.lower() not in _HOP_BY_HOP and k.lower() != "content-length":
+                    self.send_header(k, v)
+            if self.command == "HEAD":
+                self.send_header("Content-Length", resp.getheader("Content-Length") or "0")
+                self.end_headers()
+            else:
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
 
         do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 

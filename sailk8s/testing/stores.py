@@ -25,6 +25,19 @@ class CountingStore(ObjectStore):
         self.calls["get"] += 1
         return self.inner.get(key)
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        self.calls["get_versioned"] += 1
+        return self.inner.get_versioned(key)
+
+    def put_if(self, key: str, data: bytes, *, if_absent: bool = False,
+               if_version: str | None = None) -> str | None:
+        self.calls["put_if"] += 1
+        return self.inner.put_if(key, data, if_absent=if_absent, if_version=if_version)
+
+    def delete_if(self, key: str, version: str) -> bool:
+        self.calls["delete_if"] += 1
+        return self.inner.delete_if(key, version)
+
     def exists(self, key: str) -> bool:
         self.calls["exists"] += 1
         return self.inner.exists(key)
