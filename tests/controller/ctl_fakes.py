@@ -116,7 +116,7 @@ class FakeBackend(Backend):
                 self.done[ref] = AttemptStatus(Phase.CANCELLED, reason="Cancelled")
 
     def run_lock(self, run: str, holder: str, lease_seconds: float = 30.0) -> RunLock:
-        return StoreRunLock(self.store, run, holder, lease_seconds, settle_seconds=0)
+        return StoreRunLock(self.store, run, holder, lease_seconds)
 
 
 def make_pipeline(store_root: str, stages: list[dict[str, object]], run: str = "r1") -> Pipeline:

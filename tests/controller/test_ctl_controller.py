@@ -218,7 +218,7 @@ def test_recorded_but_unsubmitted_attempt_is_submitted_under_same_number(store: 
 
 
 def test_second_live_controller_is_refused(store: LocalStore, ft: FakeTime) -> None:
-    other = StoreRunLock(store, "r1", "other-host:42", lease_seconds=300, settle_seconds=0)
+    other = StoreRunLock(store, "r1", "other-host:42", lease_seconds=300)
     assert other.try_acquire()
     _, backend, ctl = make(store, ft, [{"name": "a"}])
     with pytest.raises(LockHeld, match="other-host:42"):
@@ -229,10 +229,9 @@ def test_second_live_controller_is_refused(store: LocalStore, ft: FakeTime) -> N
 
 def test_expired_lock_is_taken_over(store: LocalStore, ft: FakeTime) -> None:
     now = [1000.0]
-    other = StoreRunLock(store, "r1", "other-host:42", lease_seconds=30, settle_seconds=0,
-                         clock=lambda: now[0])
+    other = StoreRunLock(store, "r1", "other-host:42", lease_seconds=30, clock=lambda: now[0])
     assert other.try_acquire()
-    mine = StoreRunLock(store, "r1", "me", lease_seconds=30, settle_seconds=0, clock=lambda: now[0])
+    mine = StoreRunLock(store, "r1", "me", lease_seconds=30, clock=lambda: now[0])
     assert not mine.try_acquire()
     now[0] += 31  # the other holder stopped renewing
     assert (mine.try_acquire() and mine.current_holder() is None) or mine.current_holder() != "other-host:42"
@@ -324,7 +323,7 @@ def test_lost_lock_stops_the_controller_but_not_the_attempts(store: LocalStore, 
     def slow_wait(ref: AttemptRef) -> None:
         time.sleep(0.05)  # real time passes so the heartbeat runs
         if not stolen.is_set() and backend.elapsed.get(ref, 0) > 0:
-            thief = StoreRunLock(store, "r1", "thief:1", lease_seconds=60, settle_seconds=0)
+            thief = StoreRunLock(store, "r1", "thief:1", lease_seconds=60)
             store.put("runs/r1/lock", json.dumps({"holder": "thief:1", "token": thief.token,
                                                   "expires_at": time.time() + 60}).encode())
             stolen.set()

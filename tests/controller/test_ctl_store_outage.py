@@ -43,6 +43,15 @@ class FlakyStore(LocalStore):
         self._gate()
         super().put(key, data)
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        self._gate()
+        return super().get_versioned(key)
+
+    def put_if(self, key: str, data: bytes, *, if_absent: bool = False,
+               if_version: str | None = None) -> str | None:
+        self._gate()
+        return super().put_if(key, data, if_absent=if_absent, if_version=if_version)
+
     def exists(self, key: str) -> bool:
         self._gate()
         return super().exists(key)

@@ -20,9 +20,10 @@ from sailk8s.store.base import ObjectStore
 class StoreRunLock(RunLock):
     """A run lock kept as a JSON lease at runs/<run>/lock, for the local backend.
 
-    Object stores have no compare-and-swap, so acquiring writes the lease and reads it back
-    after `settle_seconds`: of two controllers racing, the last writer wins and the other sees
-    a foreign token and backs off. A lease whose holder does not renew it within
+    Every write is conditional (ObjectStore.put_if): acquiring creates the lease only if none
+    is there, or replaces an expired, dead or garbled one only if it is still the version we
+    judged; renewing replaces only our own version. So of two controllers racing, exactly one
+    wins, however slow the store. A lease whose holder does not renew it within
     `lease_seconds` expires; a holder on this host whose process is gone is treated as expired
     at once (a killed controller restarted on the same machine need not wait).
     """
@@ -35,25 +36,26 @@ class StoreRunLock(RunLock):
         lease_seconds: float = 30.0,
         *,
         clock: Callable[[], float] = time.time,
-        sleep: Callable[[float], None] = time.sleep,
-        settle_seconds: float = 0.2,
     ) -> None:
         super().__init__(run, holder, lease_seconds)
         self.store = store
         self.token = uuid.uuid4().hex
         self.clock = clock
-        self.sleep = sleep
-        self.settle_seconds = settle_seconds
         self.key = RunPaths(run).lock
+        self._version: str | None = None  # our lease's version as we last wrote it
+        self._acquired_at: float | None = None
 
-    def _read(self) -> dict[str, Any] | None:
+    def _read(self) -> tuple[dict[str, Any] | None, str | None]:
+        """The lease (None if absent or garbled) and its version (None if absent)."""
         try:
-            data = json.loads(self.store.get(self.key))
+            raw, version = self.store.get_versioned(self.key)
         except ObjectNotFound:
-            return None
+            return None, None
+        try:
+            data = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            return None  # a garbled lease protects nothing; it is overwritten
-        return data if isinstance(data, dict) else None
+            return None, version  # a garbled lease protects nothing; it is replaced
+        return (data if isinstance(data, dict) else None), version
 
     def _live(self, lease: dict[str, Any] | None) -> bool:
         """Whether lease is held by someone else who may still be alive."""
@@ -65,40 +67,62 @@ class StoreRunLock(RunLock):
             return lease["pid"] == os.getpid() or pid_alive(lease["pid"])
         return True
 
-    def _write(self, acquired_at: float | None = None) -> None:
+    def _lease(self) -> bytes:
         now = self.clock()
-        lease = {
+        return json.dumps({
             "holder": self.holder,
             "token": self.token,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "acquired_at": acquired_at or now,
+            "acquired_at": self._acquired_at or now,
             "renewed_at": now,
             "expires_at": now + self.lease_seconds,
-        }
-        self.store.put(self.key, json.dumps(lease).encode())
+        }).encode()
+
+    def _our_version(self) -> str | None:
+        """The stored lease's version if it is ours: written by a try whose answer we lost, say."""
+        lease, version = self._read()
+        return version if lease is not None and lease.get("token") == self.token else None
 
     def try_acquire(self) -> bool:
-        if self._live(self._read()):
+        lease, version = self._read()
+        if self._live(lease):
             return False
-        self._write()
-        if self.settle_seconds:
-            self.sleep(self.settle_seconds)
-        lease = self._read()
-        return bool(lease and lease.get("token") == self.token)
+        if lease is None or lease.get("token") != self.token:
+            self._acquired_at = self.clock()
+        if version is None:
+            written = self.store.put_if(self.key, self._lease(), if_absent=True)
+        else:  # expired, dead, garbled or ours: replace exactly what we judged, nothing newer
+            written = self.store.put_if(self.key, self._lease(), if_version=version)
+        if written is None:
+            return False  # another controller wrote first
+        self._version = written
+        return True
 
     def renew(self) -> None:
-        lease = self._read()
-        if lease is not None and lease.get("token") != self.token:
+        written = None
+        if self._version is not None:
+            written = self.store.put_if(self.key, self._lease(), if_version=self._version)
+        if written is None and (version := self._our_version()) is not None:
+            # A renewal that failed (store down past its retries) may have been written all the
+            # same: the lease is still ours, at a version we did not hear of.
+            written = self.store.put_if(self.key, self._lease(), if_version=version)
+        if written is None:
+            self._version = None
+            lease, _ = self._read()
+            if lease is None:
+                raise LockLost(f"lost the lock on run {self.run!r}: its lease was removed or garbled")
             who = lease.get("holder", "another controller")
             raise LockLost(f"lost the lock on run {self.run!r} to {who}")
-        self._write(acquired_at=(lease or {}).get("acquired_at"))
+        self._version = written
 
     def release(self) -> None:
-        lease = self._read()
-        if lease is not None and lease.get("token") == self.token:
-            self.store.delete(self.key)
+        if self._version is None or not self.store.delete_if(self.key, self._version):
+            version = self._our_version()
+            if version is not None:
+                self.store.delete_if(self.key, version)
+        self._version = None
 
     def current_holder(self) -> str | None:
-        lease = self._read()
+        lease, _ = self._read()
         return str(lease.get("holder")) if lease and self._live(lease) else None
