@@ -46,6 +46,12 @@ def check_condition(if_absent: bool, if_version: str | None) -> None:
         raise ValueError("put_if needs exactly one of if_absent=True or if_version=...")
 
 
+def check_range(start: int, length: int) -> None:
+    """Refuse a negative offset or length (a bug, never a read of the whole object)."""
+    if start < 0 or length < 0:
+        raise ValueError(f"get_range needs start >= 0 and length >= 0, got {start} and {length}")
+
+
 class ObjectStore(abc.ABC):
     """A flat key/value object store with atomic writes.
 
@@ -62,6 +68,10 @@ class ObjectStore(abc.ABC):
     @abc.abstractmethod
     def get(self, key: str) -> bytes:
         """Read a whole object; ObjectNotFound if absent."""
+
+    @abc.abstractmethod
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """`length` bytes of an object from offset `start` (fewer at its end); ObjectNotFound if absent."""
 
     @abc.abstractmethod
     def get_versioned(self, key: str) -> tuple[bytes, str]:

@@ -12,7 +12,7 @@ from typing import IO
 
 from sailk8s.errors import ObjectNotFound, StoreError, StoreKeyError, StoreUnavailable
 from sailk8s.store.atomic import TEMP_PREFIX, check_not_temp, create_exclusive, locked_beside, write_atomic
-from sailk8s.store.base import ObjectStore, check_condition, validate_key, validate_prefix
+from sailk8s.store.base import ObjectStore, check_condition, check_range, validate_key, validate_prefix
 
 _COPY_CHUNK = 1 << 20
 _SENDFILE_CHUNK = 1 << 30
@@ -152,6 +152,19 @@ class LocalStore(ObjectStore):
         path = self._path(key)
         try:
             return path.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise ObjectNotFound(f"object not found: {self.describe(key)}") from None
+        except OSError as err:
+            raise self._os_error("read", key, err) from err
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """Read part of a file: a seek, not the whole file."""
+        check_range(start, length)
+        path = self._path(key)
+        try:
+            with path.open("rb") as f:
+                f.seek(start)
+                return f.read(length)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise ObjectNotFound(f"object not found: {self.describe(key)}") from None
         except OSError as err:

@@ -18,7 +18,7 @@ from sailk8s.errors import ConfigError, ObjectNotFound, StoreError, StoreUnavail
 from sailk8s.settings import Settings
 from sailk8s.store import s3errors
 from sailk8s.store.atomic import check_not_temp, write_atomic
-from sailk8s.store.base import ObjectStore, check_condition, validate_key, validate_prefix
+from sailk8s.store.base import ObjectStore, check_condition, check_range, validate_key, validate_prefix
 from sailk8s.store.retry import call_with_retry, one_line
 
 T = TypeVar("T")
@@ -254,6 +254,23 @@ class S3Store(ObjectStore):
 
         def fetch() -> bytes:
             resp = self._client.get_object(self.bucket, name)
+            try:
+                return bytes(resp.read())
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call("get", key, fetch)
+
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        """A ranged GET (Range: bytes=start-end); empty when nothing is asked."""
+        check_range(start, length)
+        if not length:
+            return b""
+        name = self._name(key)
+
+        def fetch() -> bytes:
+            resp = self._client.get_object(self.bucket, name, offset=start, length=length)
             try:
                 return bytes(resp.read())
             finally:

@@ -25,6 +25,10 @@ class CountingStore(ObjectStore):
         self.calls["get"] += 1
         return self.inner.get(key)
 
+    def get_range(self, key: str, start: int, length: int) -> bytes:
+        self.calls["get_range"] += 1
+        return self.inner.get_range(key, start, length)
+
     def get_versioned(self, key: str) -> tuple[bytes, str]:
         self.calls["get_versioned"] += 1
         return self.inner.get_versioned(key)

@@ -38,6 +38,19 @@ def test_put_get_exists_round_trip(store: ObjectStore) -> None:
     assert store.get("a/b.json") == b'{"x": 1}'
 
 
+def test_get_range_reads_a_slice(store: ObjectStore) -> None:
+    data = bytes(range(256)) * 40
+    store.put("r/blob", data)
+    assert store.get_range("r/blob", 0, 10) == data[:10]
+    assert store.get_range("r/blob", 1000, 2345) == data[1000:3345]
+    assert store.get_range("r/blob", len(data) - 5, 100) == data[-5:]  # short at the end
+    assert store.get_range("r/blob", 7, 0) == b""
+    with pytest.raises(ObjectNotFound, match="r/missing"):
+        store.get_range("r/missing", 0, 10)
+    with pytest.raises(ValueError, match="start >= 0"):
+        store.get_range("r/blob", -1, 10)
+
+
 def test_overwrite_replaces_content(store: ObjectStore) -> None:
     store.put("k", b"first version, longer")
     store.put("k", b"second")
