@@ -10,7 +10,8 @@ side would distort the times):
 
     index    rank r, shards r, r + W, ...:  dupgraph.partitioned -> dedupstore.write_index
     decide   rank r, partitions r, r + W, ...:  dedupstore.partition_edges -> write_edges
-    resolve  every rank:  dedupstore.all_edges -> dupgraph.resolve
+    resolve  rank r, node buckets r, r + W, ...: dedupstore.cc_round per round until no label is
+             sent, then dedupstore.write_final (each bucket's drops by shard group)
 
 "wall" counts ranks as running in parallel: the sum over passes of the slowest rank, the best
 of --repeats runs (the machine may be shared; "cpu" is the CPU time of all ranks, steadier).
@@ -27,9 +28,10 @@ pigeonhole bands, so its work grows with N^2 / 8192. It runs on the 64-bit trunc
 same entries (same process setup, decide() timed alone) at the sizes where it finishes within
 --baseline-timeout. The extrapolation row takes the per-pass slopes between the two largest
 sizes (W = 1) to 300M entries on 64 ranks with 16 partitions per rank: index memory stays
-constant (one shard at a time), decide holds one partition, resolve holds every edge on every
-rank; its goal is 300 bytes x N / 64 plus the smallest measured constant. It leaves out the
-object store's per-request latency (the counts of index objects and GETs are printed).
+constant (one shard at a time), decide holds one partition, resolve one node bucket (its
+adjacency and labels) per round; its goal is 300 bytes x N / 64 plus the smallest measured
+constant. It leaves out the object store's per-request latency (the counts of objects and
+GETs are printed).
 
     python benchmarks/dedup_scale.py [--quick]
 Last stdout line: JSON; "ours"/"baseline" = entries/s (W = 1 wall) at the largest size both ran.
@@ -137,22 +139,42 @@ def index_pass(inputs: str, store_dir: str, shards: int, rank: int, world: int) 
 
 def decide_pass(inputs: str, store_dir: str, shards: int, rank: int, world: int) -> dict[str, Any]:
     store, plan = LocalStore(store_dir, durable=False), plan_for(shards)
-    parts_of = {s: dedupstore.indexed_parts(store, plan, s) or set() for s in plan.shards}
+    parts_of = {s: dedupstore.indexed_parts(store, plan, s) or {} for s in plan.shards}
     edges = 0
     for part in plan.owned(rank, world):
         found = dedupstore.partition_edges(store, plan, part, parts_of, exact=True, near=True)
-        dedupstore.write_edges(store, plan, part, found)
+        dedupstore.write_adjacency(store, plan, part, found)
         edges += len(found)
     return {"edges": edges}
 
 
-def resolve_pass(inputs: str, store_dir: str, shards: int, rank: int, world: int) -> dict[str, Any]:
+def round_pass(inputs: str, store_dir: str, shards: int, rank: int, world: int, t: int) -> dict[str, Any]:
+    """Round t of the label propagation on this rank's buckets (the stage's dedupstore.resolve
+    does the same, waiting for the other ranks between rounds)."""
     store, plan = LocalStore(store_dir, durable=False), plan_for(shards)
-    dropped, reasons = dg.resolve(dedupstore.all_edges(store, plan))
-    if rank == 0:
-        np.save(Path(store_dir) / "dropped.npy", dropped)
-    digest = hashlib.sha256(dropped.tobytes() + reasons.tobytes()).hexdigest()
-    return {"digest": digest, "dropped": len(dropped), "exact": int((reasons == dg.EXACT).sum())}
+    markers = dedupstore.cc_markers(store, plan, t - 1) if t else dedupstore.adjacency_markers(store, plan)
+    inboxes = dedupstore.round_inboxes(plan, t, markers)
+    for b in plan.owned(rank, world):
+        dedupstore.cc_round(store, plan, t, b, inboxes.get(b, []))
+    return {}
+
+
+def final_pass(inputs: str, store_dir: str, shards: int, rank: int, world: int, t: int) -> dict[str, Any]:
+    store, plan = LocalStore(store_dir, durable=False), plan_for(shards)
+    for b in plan.owned(rank, world):
+        dedupstore.write_final(store, plan, t, b)
+    return {}
+
+
+def survivors(store_dir: str, shards: int) -> tuple[np.ndarray, str]:
+    """(dropped gids, digest of drops and reasons), read shard by shard as the apply pass does."""
+    store, plan = LocalStore(store_dir, durable=False), plan_for(shards)
+    lookup, gids, digest = dedupstore.DroppedLookup(store, plan), [], hashlib.sha256()
+    for s, shard in enumerate(plan.shards):
+        ranks, reasons = lookup.of(shard)
+        gids.append(dg.gid(s, ranks))
+        digest.update(ranks.tobytes() + reasons.tobytes())
+    return np.concatenate([np.empty(0, np.uint64), *gids]), digest.hexdigest()
 
 
 # -- the baseline: decide() as of 93e00d8 (jobs/filters/dedup.py), unchanged -------------------
@@ -223,7 +245,8 @@ def baseline_pass(inputs: str, out_dir: str, shards: int, rank: int, world: int)
 
 PASSES: dict[str, Callable[..., dict[str, Any]]] = {
     "generate": lambda inputs, out, n, seed: generate(n, seed, inputs),
-    "index": index_pass, "decide": decide_pass, "resolve": resolve_pass, "baseline": baseline_pass}
+    "index": index_pass, "decide": decide_pass, "round": round_pass, "final": final_pass,
+    "baseline": baseline_pass}
 
 
 def _child(name: str, args: tuple[Any, ...], conn: Any) -> None:
@@ -272,21 +295,37 @@ def run_world(inputs: str, root: Path, shards: int, world: int, n: int, kind: np
     shutil.rmtree(store_dir, ignore_errors=True)
     store_dir.mkdir()
     passes: dict[str, list[dict[str, Any]]] = {}
-    for name in ("index", "decide", "resolve"):
+    for name in ("index", "decide"):
         passes[name] = [in_process(name, inputs, str(store_dir), shards, r, world) or {}
                         for r in range(world)]
-    digests = {r["digest"] for r in passes["resolve"]}
-    assert len(digests) == 1, f"W={world}: ranks resolved differently"
-    recall, false = score(np.load(store_dir / "dropped.npy"), kind)
+    # resolve: rounds until no label is sent, then the final decisions; its wall is the sum over
+    # rounds of the slowest rank, its memory the largest of any rank in any round
+    t, resolve = 0, []
+    while True:
+        resolve.append([in_process("round", inputs, str(store_dir), shards, r, world, t) or {}
+                        for r in range(world)])
+        markers = dedupstore.cc_markers(LocalStore(store_dir, durable=False), plan_for(shards), t)
+        if not sum(m["sent"] for m in markers.values()):
+            break
+        t += 1
+    resolve.append([in_process("final", inputs, str(store_dir), shards, r, world, t) or {}
+                    for r in range(world)])
+    passes["resolve"] = [{"wall": sum(max(x["wall"] for x in step) for step in resolve),
+                          "cpu": sum(x["cpu"] for step in resolve for x in step),
+                          "rss_peak": max(x["rss_peak"] for step in resolve for x in step),
+                          "rss_base": 0, "inc": max(x["rss_peak"] - x["rss_base"] for step in resolve
+                                                    for x in step)}]
+    dropped, digest = survivors(str(store_dir), shards)
+    recall, false = score(dropped, kind)
     shutil.rmtree(store_dir)
-    row: dict[str, Any] = {"n": n, "world": world, "digest": digests.pop(), "recall": recall,
+    row: dict[str, Any] = {"n": n, "world": world, "digest": digest, "recall": recall,
                            "false_drops": false, "edges": sum(r["edges"] for r in passes["decide"]),
-                           "dropped": passes["resolve"][0]["dropped"]}
+                           "dropped": len(dropped), "rounds": t + 1}
     for name, ranks in passes.items():
         row[f"{name}_s"] = max(r["wall"] for r in ranks)
         row[f"{name}_cpu_s"] = sum(r["cpu"] for r in ranks)
         row[f"{name}_rss"] = max(r["rss_peak"] for r in ranks)
-        row[f"{name}_inc"] = max(r["rss_peak"] - r["rss_base"] for r in ranks)
+        row[f"{name}_inc"] = max(r.get("inc", r["rss_peak"] - r["rss_base"]) for r in ranks)
     row["wall_s"] = sum(row[f"{p}_s"] for p in passes)
     row["us_per_entry"] = row["wall_s"] / n * 1e6
     row["cpu_us_per_entry"] = sum(row[f"{p}_cpu_s"] for p in passes) / n * 1e6
@@ -337,8 +376,9 @@ def extrapolate(small: dict[str, Any], large: dict[str, Any], n: int, ranks: int
                 partitions: int) -> dict[str, Any]:
     """Per-pass slopes (W = 1) between two sizes, taken to n entries on `ranks` ranks.
 
-    index and decide split over the ranks (decide's memory follows one partition: n / partitions);
-    resolve runs whole on every rank (all edges), so neither its time nor its memory divides."""
+    Every pass splits over the ranks; decide's and resolve's memory follow one partition (node
+    bucket) at a time: n / partitions. Resolve's time includes its rounds as measured (their
+    number grows with the largest component's diameter, not with n)."""
     dn = large["n"] - small["n"]
 
     def slope(key: str) -> float:
@@ -346,15 +386,15 @@ def extrapolate(small: dict[str, Any], large: dict[str, Any], n: int, ranks: int
 
     per_rank = n / ranks
     seconds = {"index": slope("index_s") * per_rank, "decide": slope("decide_s") * per_rank,
-               "resolve": slope("resolve_s") * n}
+               "resolve": slope("resolve_s") * per_rank}
     memory = {"index": float(large["index_inc"]),  # one shard at a time: constant
               "decide": slope("decide_inc") * PARTITIONS * n / partitions,
-              "resolve": slope("resolve_inc") * n}
+              "resolve": slope("resolve_inc") * PARTITIONS * n / partitions}
     constant = min(small[f"{p}_inc"] for p in ("index", "decide", "resolve"))
     return {"n": n, "ranks": ranks, "partitions": partitions, "seconds": sum(seconds.values()),
             "seconds_by_pass": seconds, "rss_inc": max(memory.values()), "rss_inc_by_pass": memory,
             "budget": BYTES_GOAL * per_rank + constant,
-            "index_objects": -(-n // SHARD) * partitions,
+            "index_objects": -(-n // SHARD),  # one packed object per shard
             "decide_gets_per_rank": -(-n // SHARD) * -(-partitions // ranks)}
 
 

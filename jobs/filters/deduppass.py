@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,29 +15,23 @@ from jobs.filters import dedup, dedupstore, dupgraph
 from jobs.filters.chain import Chain
 from sailk8s.ledger import input_identity
 
-FORMAT = 2  # bump when the files' layout changes: the prefix then changes with it
+FORMAT = 3  # bump when the files' layout changes: the prefix then changes with it
 
 
 class Duplicates:
-    """The resolved decision: which (shard, key) to drop and why, looked up shard by shard."""
+    """The resolved decision: which (shard, key) to drop and why, read shard by shard."""
 
-    def __init__(self, shards: tuple[str, ...], dropped: np.ndarray, reasons: np.ndarray) -> None:
-        self.rank_of = {s: i for i, s in enumerate(shards)}
-        self.dropped, self.reasons = dropped, reasons
+    def __init__(self, lookup: dedupstore.DroppedLookup) -> None:
+        self.lookup = lookup
 
     def __len__(self) -> int:
-        return len(self.dropped)
+        return self.lookup.totals()[0]
 
     def of(self, shard: str, keys: list[str]) -> dict[tuple[str, str], str]:
         """(shard, key) -> reason for the shard's duplicates; keys: all its samples' keys."""
-        if shard not in self.rank_of:
-            return {}
-        s = np.uint64(self.rank_of[shard])
-        lo, hi = np.searchsorted(self.dropped, [s << np.uint64(32), (s + np.uint64(1)) << np.uint64(32)])
+        ranks, reasons = self.lookup.of(shard)
         ordered = sorted(keys)
-        ranks = (self.dropped[lo:hi] & np.uint64(0xFFFFFFFF)).astype(np.int64)
-        return {(shard, ordered[r]): dedup.REASONS[int(why)] for r, why in zip(ranks, self.reasons[lo:hi],
-                                                                               strict=True)}
+        return {(shard, ordered[r]): dedup.REASONS[int(why)] for r, why in zip(ranks, reasons, strict=True)}
 
 
 def plan_for(stage: StageRun, chain: Chain, units: list[WorkUnit]) -> dedupstore.DedupPlan:
@@ -78,46 +73,51 @@ def index_shard(stage: StageRun, chain: Chain, plan: dedupstore.DedupPlan, unit:
     dedupstore.write_index(stage.store, plan, unit.shard_id, parts)
 
 
-def _done(stage: StageRun, prefix: str, suffix: str) -> set[str]:
-    """Names of the finished units under prefix: one listing."""
-    return {k[len(prefix):-len(suffix)] for k in stage.store.list(prefix) if k.endswith(suffix)}
-
-
 def run_dedup(stage: StageRun, chain: Chain, units: list[WorkUnit]) -> Duplicates:
     """All passes but apply, on this rank; the returned decision is every rank's same one.
 
     1. index: each rank hashes the survivors of the pre-dedup filters in its own shards and writes
        their records by partition (content hash for exact, band bucket for near);
-    2. decide: rank r takes partitions r, r + W, ...; each gives duplicate edges;
-    3. resolve: every rank reads all edges (one per duplicate) and finds the connected components;
-    4. apply: a shard's samples are dropped by looking up its own slice of the decisions.
-    Each index (a shard) and decision (a partition) is a unit of the store: a killed rank's
-    half-done unit is redone, a missing one is taken over after `steal_after_seconds` of silence,
-    and the result is a pure function of all records: the same survivors at any world size.
-    The files live under a prefix keyed by the dedup config AND the input's identity.
+    2. decide: rank r takes partitions r, r + W, ...; each gives duplicate edges, written as
+       adjacency rows by node bucket;
+    3. resolve: rounds of min-label propagation, rank r holding buckets r, r + W, ...: every
+       node ends labelled with its component's smallest gid (jobs.filters.dupcc); then each
+       bucket writes its drops by shard group;
+    4. apply: a shard reads its group's drops only.
+    Each index (a shard), decision (a partition) and bucket round is a unit of the store: a
+    killed rank's half-done unit is redone, a missing one is taken over after
+    `steal_after_seconds` of silence, and the result is a pure function of all records: the same
+    survivors at any world size. No rank ever holds more than one partition or bucket. The files
+    live under a prefix keyed by the dedup config AND the input's identity.
     """
     cfg = chain.dedup_cfg
     assert cfg is not None
     plan = plan_for(stage, chain, units)
     world, rank = stage.dist.world_size, stage.dist.rank
-    wait = {"steal_after": cfg.steal_after_seconds, "rank": rank, "clock": time.monotonic,
-            "sleep": time.sleep}
+    wait: dict[str, Any] = {"steal_after": cfg.steal_after_seconds, "rank": rank, "clock": time.monotonic,
+                            "sleep": time.sleep}
     by_id = {u.shard_id: u for u in units}
     index_prefix = f"{plan.prefix}index/"
     dedupstore.finish_units(
         list(plan.shards), [u.shard_id for u in stage.my_units(units)],
-        lambda: {name.rstrip("/") for name in _done(stage, index_prefix, "_done")},
+        lambda: dedupstore.done_units(stage.store, index_prefix),
         lambda shard: index_shard(stage, chain, plan, by_id[shard]),
         on_steal=lambda shard: stage.log.warning("indexing another rank's shard", shard=shard), **wait)
-    parts_of = {s: dedupstore.indexed_parts(stage.store, plan, s) or set() for s in plan.shards}
-    edges_prefix = f"{plan.prefix}edges/"
+    parts_of = {s: dedupstore.indexed_parts(stage.store, plan, s) or {} for s in plan.shards}
     dedupstore.finish_units(
         [f"{p:05d}" for p in range(plan.partitions)], [f"{p:05d}" for p in plan.owned(rank, world)],
-        lambda: _done(stage, edges_prefix, "._done"),
-        lambda part: dedupstore.write_edges(stage.store, plan, int(part), dedupstore.partition_edges(
+        lambda: dedupstore.done_units(stage.store, f"{plan.prefix}adj/"),
+        lambda part: dedupstore.write_adjacency(stage.store, plan, int(part), dedupstore.partition_edges(
             stage.store, plan, int(part), parts_of, exact=cfg.exact, near=cfg.near)),
         on_steal=lambda part: stage.log.warning("deciding another rank's partition", partition=part), **wait)
-    dropped, reasons = dupgraph.resolve(dedupstore.all_edges(stage.store, plan))
-    stage.log.info("dedup decision", shards=len(plan.shards), partitions=plan.partitions,
-                   duplicates=len(dropped), exact=int((reasons == dupgraph.EXACT).sum()))
-    return Duplicates(plan.shards, dropped, reasons)
+    rounds = dedupstore.resolve(
+        stage.store, plan, plan.owned(rank, world), **wait,
+        on_round=lambda t, markers: stage.log.info(
+            "dedup label round", round=t, sent=sum(m["sent"] for m in markers.values()),
+            nodes=sum(m["nodes"] for m in markers.values())),
+        on_steal=lambda b: stage.log.warning("resolving another rank's bucket", bucket=b))
+    lookup = dedupstore.DroppedLookup(stage.store, plan)
+    duplicates, exact = lookup.totals()
+    stage.log.info("dedup decision", shards=len(plan.shards), partitions=plan.partitions, rounds=rounds,
+                   duplicates=duplicates, exact=exact)
+    return Duplicates(lookup)

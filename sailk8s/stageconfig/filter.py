@@ -59,10 +59,10 @@ class DedupFilter(_Strict):
     near: bool = True
     max_distance: int = Field(default=4, ge=0, le=31)  # Hamming distance of the pHashes
     hash_size: Literal[8, 16] = 8  # pHash side: 8 -> 64 bits, 16 -> 256 bits
-    # Index and decision work is split into this many partitions (by content and band bucket),
-    # decided by rank r for partitions r, r + W, ...: one partition in memory at a time, so the
-    # decision's memory per rank is ~ N / P (raise P with N: benchmarks/dedup_scale.py); the
-    # resolve step then reads every duplicate edge (about one per duplicate) on every rank.
+    # Every dedup pass is split into this many partitions (index records by content and band
+    # bucket, duplicate edges' nodes by bucket, decisions by shard group), rank r taking r, r + W,
+    # ...: one partition in memory at a time, so memory per rank is ~ N / P (raise P with N:
+    # benchmarks/dedup_scale.py uses 16 per rank), and the result is the same at any world size.
     partitions: int = Field(default=32, ge=1, le=65536)
     # Seconds with no unit finished by any rank before a rank does a missing one itself.
     steal_after_seconds: float = Field(default=60.0, ge=0)

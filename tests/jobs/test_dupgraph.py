@@ -1,4 +1,5 @@
-"""The partitioned dedup's array steps against a brute-force oracle, at any partition count."""
+"""The partitioned dedup's array steps (and its label rounds) against a brute-force oracle, at any
+partition count."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import random
 import numpy as np
 import pytest
 
+from jobs.filters import dupcc
 from jobs.filters import dupgraph as dg
 
 
@@ -68,8 +70,9 @@ def brute_force(gids: np.ndarray, contents: np.ndarray, phashes: np.ndarray,
 
 
 def run_passes(gids: np.ndarray, contents: np.ndarray, phashes: np.ndarray, max_distance: int,
-               partitions: int, shards: int = 3) -> dict[int, int]:
-    """Index (per shard), edges (per partition), resolve: as the stage's ranks would."""
+               partitions: int, shards: int = 3, *, rounds: bool = False) -> dict[int, int]:
+    """Index (per shard), edges (per partition), resolve: as the stage's ranks would (rounds:
+    by label rounds over `partitions` node buckets, else by the in-memory dupgraph.resolve)."""
     by_part: dict[int, list[dg.Records]] = {}
     for rows in np.array_split(np.arange(len(gids)), shards):
         for p, rec in dg.partitioned(gids[rows], contents[rows], phashes[rows], max_distance,
@@ -79,7 +82,10 @@ def run_passes(gids: np.ndarray, contents: np.ndarray, phashes: np.ndarray, max_
     for recs in by_part.values():
         r = dg.Records.concat(recs, phashes.shape[1])
         edges += [dg.exact_edges(r), dg.near_edges(r, max_distance)]
-    dropped, reasons = dg.resolve(np.concatenate(edges))
+    if rounds:
+        dropped, reasons, _ = dupcc.components(np.concatenate(edges), partitions)
+    else:
+        dropped, reasons = dg.resolve(np.concatenate(edges))
     return dict(zip(map(int, dropped), map(int, reasons), strict=True))
 
 
@@ -90,6 +96,8 @@ def test_partitioned_passes_match_brute_force_at_any_partition_count(nbytes: int
     assert expected and any(r == dg.NEAR for r in expected.values()) and dg.EXACT in expected.values()
     for partitions in (1, 4, 7):
         assert run_passes(gids, contents, phashes, max_distance, partitions) == expected, partitions
+        got = run_passes(gids, contents, phashes, max_distance, partitions, rounds=True)
+        assert got == expected, partitions
 
 
 @pytest.mark.parametrize(("nbytes", "max_distance"), [(8, 4), (32, 8)])
@@ -114,8 +122,29 @@ def test_a_chain_of_near_copies_is_one_component_keeping_its_smallest_gid() -> N
     hashes = [base, bytes([0b11, 0, 0, 0, 0, 0, 0, 0]), bytes([0b1111, 0, 0, 0, 0, 0, 0, 0])]
     gids = dg.gid(np.array([2, 0, 1]), np.array([0, 5, 3]))  # the middle link has the smallest gid
     contents = dg.content_words([bytes([i]) * 16 for i in range(3)])
-    got = run_passes(gids, contents, dg.phash_bytes(hashes), max_distance=2, partitions=3, shards=1)
-    assert got == {int(gids[0]): dg.NEAR, int(gids[2]): dg.NEAR}  # 0 and 2 are 4 bits apart, yet joined
+    for rounds in (False, True):
+        got = run_passes(gids, contents, dg.phash_bytes(hashes), max_distance=2, partitions=3, shards=1,
+                         rounds=rounds)
+        assert got == {int(gids[0]): dg.NEAR, int(gids[2]): dg.NEAR}  # 0 and 2 are 4 bits apart, yet joined
+
+
+def test_label_rounds_follow_a_long_chain_to_its_smallest_gid() -> None:
+    # A path 0 - 1 - ... - 40 whose smallest gid sits at one end: labels must travel the whole
+    # diameter, one hop a round, whatever the bucket count.
+    order = np.random.default_rng(3).permutation(41).astype(np.uint64)
+    gids = np.sort(order)  # gids[0] is the smallest; the path visits them in `order`
+    path = np.stack([order[:-1], order[1:], np.full(40, dg.NEAR, np.uint64)], axis=1)
+    want = dg.resolve(path)
+    for buckets in (1, 5, 64):
+        dropped, reasons, rounds = dupcc.components(path, buckets)
+        assert np.array_equal(dropped, want[0]) and np.array_equal(reasons, want[1])
+        assert set(map(int, dropped)) == set(map(int, gids[1:])) and rounds <= 42
+
+
+def test_a_label_message_for_a_foreign_node_is_an_error_not_a_silent_drop() -> None:
+    nodes = np.array([5, 9], np.uint64)
+    with pytest.raises(ValueError, match="does not hold"):
+        dupcc.absorb(nodes, nodes.copy(), np.array([[7, 1]], np.uint64))
 
 
 def test_too_many_bands_for_the_hash_is_a_clear_error() -> None:
