@@ -8,11 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sailk8s.backends.base import AttemptStatus
 from sailk8s.backends.kubernetes import trainvalidation, validation
-from sailk8s.backends.kubernetes.jobkinds import JOB_RESOURCES, RUNTIME_KIND, JobResource
-from sailk8s.backends.kubernetes.manifest import build_pytorchjob, kubectl_commands
+from sailk8s.backends.kubernetes.jobkinds import JOB_RESOURCES, RUNTIME_KIND, TRAINER_NODE, JobResource
+from sailk8s.backends.kubernetes.manifest import CONTAINER, build_pytorchjob, kubectl_commands
+from sailk8s.backends.kubernetes.status import derive_status
 from sailk8s.backends.kubernetes.trainjob import build_trainjob, trainjob_notes
 from sailk8s.backends.kubernetes.trainruntime import DEFAULT_RUNTIME, build_training_runtime
+from sailk8s.backends.kubernetes.trainstatus import derive_trainjob_status
 from sailk8s.spec import Pipeline, Stage
 
 Obj = dict[str, Any]
@@ -26,7 +29,17 @@ class JobApi:
     name: str  # pytorchjob | trainjob
     resource: JobResource
     builder: Callable[..., Obj]
+    deriver: Callable[..., AttemptStatus]
+    container: str  # the training container of the job's pods (logs, exit codes)
     crd_hint: str
+
+    @property
+    def kind(self) -> str:
+        return self.resource.kind
+
+    def derive_status(self, job: Obj | None, pods: list[Obj], **kwargs: Any) -> AttemptStatus:
+        """The attempt's status from its job and pods (see status / trainstatus), one vocabulary."""
+        return self.deriver(job, pods, **kwargs)
 
     def build(
         self,
@@ -102,12 +115,19 @@ def reference_runtime(pipeline: Pipeline | None, job: Obj) -> Obj | None:
 
 
 PYTORCHJOB_API = JobApi(
-    "pytorchjob", JOB_RESOURCES["pytorchjob"], build_pytorchjob, "pass --crd or set SAIL_PYTORCHJOB_CRD"
+    "pytorchjob",
+    JOB_RESOURCES["pytorchjob"],
+    build_pytorchjob,
+    derive_status,
+    CONTAINER,
+    "pass --crd or set SAIL_PYTORCHJOB_CRD",
 )
 TRAINJOB_API = JobApi(
     "trainjob",
     JOB_RESOURCES["trainjob"],
     build_trainjob,
+    derive_trainjob_status,
+    TRAINER_NODE,
     "pass --crd (a file in the trainer-v2 CRD folder) or set SAIL_TRAINER_CRDS",
 )
 

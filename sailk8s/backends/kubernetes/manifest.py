@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from sailk8s.backends.base import attempt_name
-from sailk8s.backends.kubernetes.jobkinds import PYTORCHJOB
+from sailk8s.backends.kubernetes.jobkinds import LABEL_COMPLETION_INDEX, PYTORCHJOB
 from sailk8s.envcontract import CREDENTIAL_VARS, launch_command, stage_env
 from sailk8s.errors import ConfigError
 from sailk8s.spec import Pipeline, Stage, Toleration
@@ -310,7 +310,13 @@ def build_pytorchjob(
 
 
 def replica_rank(labels: dict[str, str], has_master: bool = True) -> int:
-    """Node rank of an operator-created pod: master 0, worker-i i+1 (i in a worker-only job)."""
+    """Node rank of an operator-created pod: master 0, worker-i i+1 (i in a worker-only job); a
+    TrainJob's node pod: its Job completion index (what PET_NODE_RANK is set from)."""
+    if LABEL_COMPLETION_INDEX in labels:
+        try:
+            return int(labels[LABEL_COMPLETION_INDEX])
+        except ValueError:
+            return 0
     rtype = labels.get(LABEL_REPLICA_TYPE, "").lower()
     try:
         index = int(labels.get(LABEL_REPLICA_INDEX, "0") or 0)
