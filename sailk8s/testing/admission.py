@@ -117,6 +117,34 @@ def admit(job: Obj, crd: Obj | None, webhook: bool) -> None:
         )
 
 
+TRAINER_WEBHOOK = "validator.trainjob.trainer.kubeflow.org"
+
+
+def admit_trainjob(job: Obj, runtime: Obj | None, webhook: bool) -> None:
+    """Raise the 422 Trainer v2.3's validating webhook answers: the runtime must exist, and the
+    job must pass the rules (ours, sailk8s.backends.kubernetes.trainvalidation) against it."""
+    if not webhook:
+        return
+    from sailk8s.backends.kubernetes.trainvalidation import trainjob_webhook_errors
+
+    name = (job.get("metadata") or {}).get("name") or ""
+    if runtime is None:
+        ref = (job.get("spec") or {}).get("runtimeRef") or {}
+        problems = [f"spec.runtimeRef: Invalid value: {ref.get('kind', 'ClusterTrainingRuntime')} "
+                    f"{ref.get('name')!r} not found: specified trainingRuntime must be created before the "
+                    "TrainJob is created"]
+    else:
+        problems = trainjob_webhook_errors(job, runtime)
+    if problems:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'admission webhook "{TRAINER_WEBHOOK}" denied the request: '
+            f'TrainJob.trainer.kubeflow.org "{name}" is invalid: ' + ", ".join(problems),
+            {"name": name, "group": "trainer.kubeflow.org", "kind": "TrainJob"},
+        )
+
+
 def minimal_crd() -> Obj:
     """A PyTorchJob CRD object without a schema, for discovery-by-CRD when no file is given."""
     return {

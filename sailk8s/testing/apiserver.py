@@ -11,7 +11,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sailk8s.testing.admission import admit, load_crd, minimal_crd
+from sailk8s.testing.admission import admit, admit_trainjob, load_crd, minimal_crd
 from sailk8s.testing.apierrors import ApiError, not_found
 from sailk8s.testing.clock import Clock
 from sailk8s.testing.faults import FaultPlan
@@ -213,6 +213,21 @@ class FakeKubernetes:
         """Run PyTorchJob admission (CRD schema, webhook) on an object about to be stored."""
         if rtype.kind == "PyTorchJob":
             admit(obj, self.crd, self.admission)
+        elif rtype.kind == "TrainJob":
+            ns = (obj.get("metadata") or {}).get("namespace")
+            ref = (obj.get("spec") or {}).get("runtimeRef") or {}
+            cluster = ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime"
+            plural = "clustertrainingruntimes" if cluster else "trainingruntimes"
+            runtime = self.state.find(self.type(plural, "trainer.kubeflow.org"), None if cluster else ns,
+                                      str(ref.get("name", "")))
+            admit_trainjob(obj, runtime, self.admission)
+
+    def install_runtime(self, runtime: Obj) -> Obj:
+        """Create a (Cluster)TrainingRuntime, as the chart or a platform team would."""
+        cluster = runtime.get("kind") == "ClusterTrainingRuntime"
+        plural = "clustertrainingruntimes" if cluster else "trainingruntimes"
+        ns = None if cluster else runtime["metadata"].get("namespace", "default")
+        return self.state.create(self.type(plural, "trainer.kubeflow.org"), ns, runtime)
 
     def compact(self) -> None:
         """Forget the watch history: watches from older resourceVersions get 410 Gone."""
