@@ -13,7 +13,9 @@ import structlog
 from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
 from sailk8s.backends.kubernetes import status as kube_status
 from sailk8s.backends.kubernetes.client import Configuration, KubeClient
+from sailk8s.backends.kubernetes.errors import KubeApiError
 from sailk8s.backends.kubernetes.jobapi import job_api as job_api_named
+from sailk8s.backends.kubernetes.jobkinds import CLUSTER_RUNTIME_KIND
 from sailk8s.backends.kubernetes.lease import LeaseRunLock
 from sailk8s.backends.kubernetes.logs import PodLogs, ranked_pods
 from sailk8s.backends.kubernetes.manifest import (
@@ -21,6 +23,8 @@ from sailk8s.backends.kubernetes.manifest import (
     LABEL_RUN_ID,
     label_selector,
 )
+from sailk8s.backends.kubernetes.trainvalidation import trainjob_webhook_errors
+from sailk8s.backends.kubernetes.validation import ManifestInvalid
 from sailk8s.backends.kubernetes.watch import ObjectWatch
 from sailk8s.errors import BackendError, SailError
 from sailk8s.settings import Settings
@@ -77,6 +81,7 @@ class KubernetesBackend(Backend):
         self.clock = clock
         self._namespaces: dict[str, str] = {}
         self._cancelled: set[str] = set()
+        self._runtimes_ok: set[tuple[str, str, str]] = set()  # (kind, namespace, name) found and accepting
 
     @classmethod
     def for_pipeline(
@@ -127,6 +132,7 @@ class KubernetesBackend(Backend):
         matches, else (an earlier run of the same name) delete it and create ours."""
         manifest = self.manifest(pipeline, stage, attempt, run_id)
         self.api.check(manifest, pipeline)
+        self._check_runtime(manifest)
         name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
         ref = AttemptRef(pipeline.run, stage.name, attempt, run_id)
         if self.client.create_job(ns, manifest):
@@ -140,6 +146,33 @@ class KubernetesBackend(Backend):
         self._namespaces[ref.name] = ns
         self._cancelled.discard(ref.name)
         return ref
+
+    def _check_runtime(self, manifest: Obj) -> None:
+        """A TrainJob's runtime must exist and accept the job before the job is created: a message
+        naming the fix now, instead of the trainer webhook's refusal (PyTorchJobs have none)."""
+        ref = (manifest.get("spec") or {}).get("runtimeRef")
+        if ref is None:
+            return
+        kind, name = str(ref.get("kind", CLUSTER_RUNTIME_KIND)), str(ref.get("name"))
+        ns = "" if kind == CLUSTER_RUNTIME_KIND else manifest["metadata"]["namespace"]
+        if (kind, ns, name) in self._runtimes_ok:
+            return
+        try:
+            runtime = self.client.get_runtime(kind, ns, name)
+        except KubeApiError as err:  # 403: no read grant (the platform's RBAC); the webhook still checks
+            log.warning("cannot read the TrainJob's runtime; submitting unchecked", runtime=name, kind=kind,
+                        status=err.status)
+            return
+        if runtime is None:
+            where = f" in namespace {ns!r}" if ns else ""
+            raise BackendError(
+                f"{kind} {name!r} not found{where}: install it (helm: kubeflow.trainer.runtime.install=true) "
+                "or set kubernetes.runtime in the pipeline file to an existing runtime"
+            )
+        problems = trainjob_webhook_errors(manifest, runtime)
+        if problems:
+            raise ManifestInvalid(manifest["metadata"]["name"], problems, self.kind)
+        self._runtimes_ok.add((kind, ns, name))
 
     def _replace(self, manifest: Obj, existing: Obj, name: str, ns: str) -> None:
         """Delete another run's job of this name (never adopted), then create ours."""

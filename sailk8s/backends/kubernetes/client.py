@@ -25,7 +25,7 @@ from sailk8s.backends.kubernetes.errors import (
     namespace_missing,
     namespace_missing_message,
 )
-from sailk8s.backends.kubernetes.jobkinds import PYTORCHJOB, JobResource
+from sailk8s.backends.kubernetes.jobkinds import CLUSTER_RUNTIME_KIND, PYTORCHJOB, TRAINJOB, JobResource
 from sailk8s.errors import BackendError
 
 T = TypeVar("T")
@@ -236,6 +236,30 @@ class KubeClient:
             ),
             Call("watch", self.job.plural, self.job.group, namespace),
         )
+
+    def get_runtime(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A Trainer v2 runtime (ClusterTrainingRuntime or namespaced TrainingRuntime) as JSON; None
+        when it does not exist. Forbidden (no read grant) raises KubeApiError 403 for the caller."""
+        group, version, plural = TRAINJOB.group, TRAINJOB.version, kind.lower() + "s"
+        cluster = kind == CLUSTER_RUNTIME_KIND
+        call = Call("get", plural, group, None if cluster else namespace, name)
+
+        def fn() -> Any:
+            if cluster:
+                return self._custom.get_cluster_custom_object(group, version, plural, name)
+            return self._custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+
+        try:
+            found: Obj = self.call(fn, call, translate=False)
+            return found
+        except KubeApiError as err:
+            if is_object_not_found(err, plural):
+                return None
+            if err.status == 403:
+                raise
+            if err.status == 404:
+                raise self.explain_not_found(err, call) from None
+            raise final_error(err, call, self.host) from None
 
     # -- pods --------------------------------------------------------------------------------
 
