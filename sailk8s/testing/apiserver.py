@@ -41,8 +41,10 @@ class FakeKubernetes:
 
     Served: discovery (/api, /apis, aggregated discovery, /version), CRUD + watch for namespaces,
     pods (+ /log, /status), events, services, configmaps, secrets, nodes, leases
-    (coordination.k8s.io/v1) and pytorchjobs (kubeflow.org/v1, + /status); label and field
-    selectors; limit/continue; server-set uid, resourceVersion, creationTimestamp, generation;
+    (coordination.k8s.io/v1), pytorchjobs (kubeflow.org/v1, + /status) and Kubeflow Trainer v2's
+    trainjobs (+ /status), trainingruntimes and clustertrainingruntimes (trainer.kubeflow.org/
+    v1alpha1; `kube.install_runtime(obj)`; `kube.registry.trainer_installed = False` hides them);
+    label and field selectors; limit/continue; server-set uid, resourceVersion, creationTimestamp, generation;
     409 AlreadyExists/Conflict; watch from a resourceVersion with 410 Gone once compacted;
     Table output for `kubectl get`; DeleteOptions propagationPolicy with owner-reference GC.
 
@@ -59,7 +61,8 @@ class FakeKubernetes:
         kube.crd_installed = False                             # kubeflow.org/v1 answers 404
                                                                # (or FakeKubernetes(install_crd=False))
     PyTorchJobs pass the Training Operator's webhook rules (admission=True) and, with
-    `crd_file=<kubeflow.org_pytorchjobs.yaml>`, the CRD's openAPIV3Schema; violations are 422.
+    `crd_file=<kubeflow.org_pytorchjobs.yaml>`, the CRD's openAPIV3Schema; TrainJobs pass the
+    trainer's webhook rules against the runtime they name, which must exist; violations are 422.
     Unexpected server exceptions answer 500 and are kept in `kube.errors`.
     Pod-level faults (eviction, OOMKilled, node loss...) live on `FakeTrainingOperator`.
     """

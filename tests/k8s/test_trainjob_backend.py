@@ -91,3 +91,12 @@ def test_resubmit_adopts_the_same_trainjob(
     assert first == again and posted_trainjobs(kube) == 2  # the second POST met 409 and adopted
     jobs, _ = kube.state.list(kube.type(*TRAINJOBS), "sail")
     assert [j["metadata"]["name"] for j in jobs] == ["r1-ingest-1"]
+
+
+def test_a_cluster_without_the_trainer_says_what_to_install(
+    backend: KubernetesBackend, kube: FakeKubernetes, tj_pipeline: Pipeline
+) -> None:
+    kube.registry.trainer_installed = False
+    with pytest.raises(BackendError, match=r"TrainJob CRD .* not installed .* Kubeflow Trainer v2\.3"):
+        backend.submit(tj_pipeline, tj_pipeline.stage("ingest"), 1)
+    assert posted_trainjobs(kube) == 0

@@ -9,7 +9,12 @@ from typing import Any
 
 from sailk8s.backends.base import AttemptStatus, Phase
 from sailk8s.backends.kubernetes.jobkinds import LABEL_COMPLETION_INDEX, TRAINER_NODE
-from sailk8s.backends.kubernetes.manifest import CONTAINER, LABEL_REPLICA_INDEX, LABEL_REPLICA_TYPE
+from sailk8s.backends.kubernetes.manifest import (
+    CONTAINER,
+    LABEL_KUEUE_QUEUE,
+    LABEL_REPLICA_INDEX,
+    LABEL_REPLICA_TYPE,
+)
 from sailk8s.exitcodes import FailureClass, classify_exit_code
 
 Obj = dict[str, Any]
@@ -238,6 +243,14 @@ def failed_exit_code(pods: Iterable[Obj]) -> int | None:
     return None
 
 
+def suspended_message(job: Obj, cond: Obj) -> str:
+    """Why a suspended job waits: Kueue admission when it names a queue (Kueue suspends it until then)."""
+    queue = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_KUEUE_QUEUE)
+    if queue:
+        return f"waiting for Kueue admission (queue {queue})"
+    return str(cond.get("message") or "queued (suspended)")
+
+
 def pod_verdicts(
     pods: Iterable[Obj],
     now: float,
@@ -351,7 +364,7 @@ def derive_status(
         return AttemptStatus(
             Phase.PENDING,
             reason="Suspended",
-            message=conds["Suspended"].get("message") or "queued (suspended)",
+            message=suspended_message(job, conds["Suspended"]),
             started_at=t0,
             finished_at=t1,
         )

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from sailk8s.backends.base import AttemptStatus, Phase
-from sailk8s.backends.kubernetes.manifest import LABEL_KUEUE_QUEUE
 from sailk8s.backends.kubernetes.status import (
     DEFAULT_NODE_LOST_AFTER,
     DEFAULT_UNSCHEDULABLE_AFTER,
@@ -19,6 +18,7 @@ from sailk8s.backends.kubernetes.status import (
     parse_time,
     pod_order_key,
     pod_verdicts,
+    suspended_message,
 )
 
 Obj = dict[str, Any]
@@ -40,14 +40,6 @@ def _running(job: Obj, pods: list[Obj]) -> bool:
     if any((j.get("active") or 0) > 0 or (j.get("ready") or 0) > 0 for j in jobs):
         return True
     return any((p.get("status") or {}).get("phase") == "Running" for p in pods)
-
-
-def suspended_message(job: Obj, cond: Obj) -> str:
-    """Why a suspended TrainJob waits: Kueue admission when it names a queue."""
-    queue = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_KUEUE_QUEUE)
-    if queue:
-        return f"waiting for Kueue admission (queue {queue})"
-    return str(cond.get("message") or "suspended (spec.suspend is true)")
 
 
 def derive_trainjob_status(
