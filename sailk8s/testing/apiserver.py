@@ -77,7 +77,8 @@ class FakeKubernetes:
     server_version: str = "1.34"
     install_crd: bool = True  # False: a cluster without the Training Operator (kubeflow.org/v1 is 404)
     crd_file: str | Path | None = None  # the real CRD YAML: PyTorchJobs are checked against its schema
-    admission: bool = True  # the Training Operator's validating webhook rules
+    admission: bool = True  # the Training Operator's (and the Trainer's) validating webhook rules
+    trainer_crds: str | Path | None = None  # the Trainer v2 CRD folder: TrainJobs checked against its schema
     registry: ResourceRegistry = field(default_factory=ResourceRegistry)
     faults: FaultPlan = field(default_factory=FaultPlan)
     logs: PodLogs = field(default_factory=PodLogs)
@@ -223,7 +224,7 @@ class FakeKubernetes:
             plural = "clustertrainingruntimes" if cluster else "trainingruntimes"
             runtime = self.state.find(self.type(plural, "trainer.kubeflow.org"), None if cluster else ns,
                                       str(ref.get("name", "")))
-            admit_trainjob(obj, runtime, self.admission)
+            admit_trainjob(obj, runtime, self.admission, self.trainer_crds)
 
     def install_runtime(self, runtime: Obj) -> Obj:
         """Create a (Cluster)TrainingRuntime, as the chart or a platform team would."""

@@ -34,7 +34,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     """FakeKubernetes (with the real CRD schema when present) + an executing training operator, which
     runs PyTorchJobs and TrainJobs (on the sail-torch ClusterTrainingRuntime installed here)."""
     crd = CRD if CRD.is_file() else None
-    with FakeKubernetes(namespaces=(NAMESPACE,), crd_file=crd) as kube:
+    trainer_crds = CRD.parent / "trainer-v2" if (CRD.parent / "trainer-v2").is_dir() else None
+    with FakeKubernetes(namespaces=(NAMESPACE,), crd_file=crd, trainer_crds=trainer_crds) as kube:
         # The store credentials Secret the manifests reference (secretKeyRef, never literal).
         data = {var: base64.b64encode(b"unused-by-file-store").decode() for var in CREDENTIAL_VARS}
         kube.state.create(kube.type("secrets"), NAMESPACE, {"metadata": {"name": SECRET}, "data": data})

@@ -4,6 +4,7 @@ suspension (Kueue), signal deaths replaced, app failures failing the job, and ad
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -201,3 +202,19 @@ def test_strategic_merge_merges_maps_and_named_lists_and_replaces_the_rest() -> 
         "volumes": [{"name": "v", "emptyDir": {"medium": "Memory", "sizeLimit": "1Gi"}}, {"name": "w"}],
         "tolerations": [{"key": "y"}],
     }
+
+
+def test_with_the_trainer_crds_the_schema_is_enforced_too() -> None:
+    crds = Path(__file__).resolve().parents[3] / "shared" / "crds" / "trainer-v2"
+    if not crds.is_dir():
+        pytest.skip(f"Trainer v2 CRDs not found at {crds}")
+    pytest.importorskip("jsonschema")
+    with FakeKubernetes(trainer_crds=crds) as kube:
+        kube.install_runtime(build_training_runtime(image="img:1", store_secret=None))
+        api = client.CustomObjectsApi(client.ApiClient(kube.client_configuration()))
+        bad = trainjob("t7")
+        bad["spec"]["trainer"]["nodes"] = 2  # a typo the API server would otherwise prune silently
+        with pytest.raises(client.ApiException) as err:
+            api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, bad)
+        assert err.value.status == 422 and "spec.trainer.nodes: unknown field" in err.value.body
+        api.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, trainjob("t8"))
