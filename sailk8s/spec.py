@@ -117,6 +117,27 @@ class Scheduling(StrictModel):
     clean_pod_policy: Literal["All", "Running", "None"] = "Running"
 
 
+class TrainingRuntimeRef(StrictModel):
+    """The Trainer v2 runtime a TrainJob runs on: the chart's `sail-torch`, or one the user names."""
+
+    name: str = "sail-torch"
+    kind: Literal["ClusterTrainingRuntime", "TrainingRuntime"] = "ClusterTrainingRuntime"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v, "runtime name", 63)
+
+
+class KubernetesOptions(StrictModel):
+    """Options of `backend: kubernetes`: which job API runs each attempt, and its runtime."""
+
+    # pytorchjob: Kubeflow Training Operator v1 (kubeflow.org/v1 PyTorchJob);
+    # trainjob: Kubeflow Trainer v2 (trainer.kubeflow.org/v1alpha1 TrainJob).
+    job_api: Literal["pytorchjob", "trainjob"] = "pytorchjob"
+    runtime: TrainingRuntimeRef = Field(default_factory=TrainingRuntimeRef)
+
+
 class Stage(StrictModel):
     """One stage of the pipeline: a workload kind with its data, resources and retry policy."""
 
@@ -175,6 +196,7 @@ class Pipeline(StrictModel):
     image: str = "ghcr.io/sail-pipeline/sail-train:0.1.0"
     # Name of the Secret holding store credentials (keys SAIL_STORE_ACCESS_KEY/SECRET_KEY).
     store_secret: str | None = "sail-store-credentials"
+    kubernetes: KubernetesOptions = Field(default_factory=KubernetesOptions)
     stages: list[Stage] = Field(min_length=1)
 
     @field_validator("run")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 import yaml
 
-from sailk8s.backends.kubernetes.validation import ManifestInvalid, webhook_errors
+from sailk8s.backends.kubernetes.jobapi import for_pipeline
 from sailk8s.cli.render import manifest_for
 from sailk8s.controller.plan import RERUN, RESUME, RUN, plan_run
 from sailk8s.settings import Settings
@@ -22,15 +22,14 @@ def print_plan(pipeline: Pipeline, store: ObjectStore, settings: Settings, only:
         if pipeline.backend != "kubernetes":
             raise click.UsageError("-o yaml prints Kubernetes jobs: the pipeline's backend is local")
         docs = []
+        api = for_pipeline(pipeline)
         for p in to_run:
             manifest = manifest_for(pipeline, pipeline.stage(p.stage), p.attempt, settings)
-            problems = webhook_errors(manifest)
-            if problems:
-                raise ManifestInvalid(manifest["metadata"]["name"], problems)
+            api.check(manifest, pipeline)
             docs.append(manifest)
         click.echo(yaml.safe_dump_all(docs, sort_keys=False), nl=False)
-        click.echo(f"# dry run of {pipeline.run!r}: {len(docs)} PyTorchJob(s) would be submitted (webhook "
-                   "rules checked); nothing was written", err=True)
+        click.echo(f"# dry run of {pipeline.run!r}: {len(docs)} {api.resource.kind}(s) would be submitted "
+                   "(webhook rules checked); nothing was written", err=True)
         return
     width = max([len(p.stage) for p in plans] + [5])
     click.echo(f"{'STAGE':<{width}}  {'ACTION':<8}  {'ATTEMPT':<28}  WHY")

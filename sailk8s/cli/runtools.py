@@ -63,7 +63,8 @@ def kubectl_lines(pipeline: Pipeline, settings: Settings, stage: str | None = No
     from sailk8s.backends.kubernetes.manifest import kubectl_commands
 
     stages = [stage] if stage else [s.name for s in pipeline.stages]
-    return kubectl_commands(pipeline.namespace or settings.namespace, pipeline.run, stages)
+    ns = pipeline.namespace or settings.namespace
+    return kubectl_commands(ns, pipeline.run, stages, job_api=pipeline.kubernetes.job_api)
 
 
 def is_tty() -> bool:

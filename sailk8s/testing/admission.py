@@ -117,6 +117,43 @@ def admit(job: Obj, crd: Obj | None, webhook: bool) -> None:
         )
 
 
+TRAINER_WEBHOOK = "validator.trainjob.trainer.kubeflow.org"
+
+
+def admit_trainjob(job: Obj, runtime: Obj | None, webhook: bool, crd_dir: str | Path | None = None) -> None:
+    """Raise the 422 a Trainer v2.3 cluster answers: with `crd_dir`, the TrainJob CRD's schema
+    (unknown fields too, as strict field validation does); then the validating webhook: the
+    runtime must exist, and the job must pass the rules (ours, in trainvalidation) against it."""
+    from sailk8s.backends.kubernetes import trainvalidation, validation
+
+    name = (job.get("metadata") or {}).get("name") or ""
+    crd = trainvalidation.find_trainer_crd("TrainJob", crd_dir) if crd_dir else None
+    if crd is not None:
+        schema = validation.load_schema(str(crd))
+        problems = validation.schema_errors(job, schema) + validation.unknown_field_errors(job, schema)
+        if problems:
+            raise ApiError(422, "Invalid",
+                           f'TrainJob.trainer.kubeflow.org "{name}" is invalid: ' + ", ".join(problems),
+                           {"name": name, "group": "trainer.kubeflow.org", "kind": "TrainJob"})
+    if not webhook:
+        return
+    if runtime is None:
+        ref = (job.get("spec") or {}).get("runtimeRef") or {}
+        problems = [f"spec.runtimeRef: Invalid value: {ref.get('kind', 'ClusterTrainingRuntime')} "
+                    f"{ref.get('name')!r} not found: specified trainingRuntime must be created before the "
+                    "TrainJob is created"]
+    else:
+        problems = trainvalidation.trainjob_webhook_errors(job, runtime)
+    if problems:
+        raise ApiError(
+            422,
+            "Invalid",
+            f'admission webhook "{TRAINER_WEBHOOK}" denied the request: '
+            f'TrainJob.trainer.kubeflow.org "{name}" is invalid: ' + ", ".join(problems),
+            {"name": name, "group": "trainer.kubeflow.org", "kind": "TrainJob"},
+        )
+
+
 def minimal_crd() -> Obj:
     """A PyTorchJob CRD object without a schema, for discovery-by-CRD when no file is given."""
     return {

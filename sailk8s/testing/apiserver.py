@@ -11,7 +11,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sailk8s.testing.admission import admit, load_crd, minimal_crd
+from sailk8s.testing.admission import admit, admit_trainjob, load_crd, minimal_crd
 from sailk8s.testing.apierrors import ApiError, not_found
 from sailk8s.testing.clock import Clock
 from sailk8s.testing.faults import FaultPlan
@@ -41,8 +41,10 @@ class FakeKubernetes:
 
     Served: discovery (/api, /apis, aggregated discovery, /version), CRUD + watch for namespaces,
     pods (+ /log, /status), events, services, configmaps, secrets, nodes, leases
-    (coordination.k8s.io/v1) and pytorchjobs (kubeflow.org/v1, + /status); label and field
-    selectors; limit/continue; server-set uid, resourceVersion, creationTimestamp, generation;
+    (coordination.k8s.io/v1), pytorchjobs (kubeflow.org/v1, + /status) and Kubeflow Trainer v2's
+    trainjobs (+ /status), trainingruntimes and clustertrainingruntimes (trainer.kubeflow.org/
+    v1alpha1; `kube.install_runtime(obj)`; `kube.registry.trainer_installed = False` hides them);
+    label and field selectors; limit/continue; server-set uid, resourceVersion, creationTimestamp, generation;
     409 AlreadyExists/Conflict; watch from a resourceVersion with 410 Gone once compacted;
     Table output for `kubectl get`; DeleteOptions propagationPolicy with owner-reference GC.
 
@@ -59,7 +61,8 @@ class FakeKubernetes:
         kube.crd_installed = False                             # kubeflow.org/v1 answers 404
                                                                # (or FakeKubernetes(install_crd=False))
     PyTorchJobs pass the Training Operator's webhook rules (admission=True) and, with
-    `crd_file=<kubeflow.org_pytorchjobs.yaml>`, the CRD's openAPIV3Schema; violations are 422.
+    `crd_file=<kubeflow.org_pytorchjobs.yaml>`, the CRD's openAPIV3Schema; TrainJobs pass the
+    trainer's webhook rules against the runtime they name, which must exist; violations are 422.
     Unexpected server exceptions answer 500 and are kept in `kube.errors`.
     Pod-level faults (eviction, OOMKilled, node loss...) live on `FakeTrainingOperator`.
     """
@@ -74,7 +77,8 @@ class FakeKubernetes:
     server_version: str = "1.34"
     install_crd: bool = True  # False: a cluster without the Training Operator (kubeflow.org/v1 is 404)
     crd_file: str | Path | None = None  # the real CRD YAML: PyTorchJobs are checked against its schema
-    admission: bool = True  # the Training Operator's validating webhook rules
+    admission: bool = True  # the Training Operator's (and the Trainer's) validating webhook rules
+    trainer_crds: str | Path | None = None  # the Trainer v2 CRD folder: TrainJobs checked against its schema
     registry: ResourceRegistry = field(default_factory=ResourceRegistry)
     faults: FaultPlan = field(default_factory=FaultPlan)
     logs: PodLogs = field(default_factory=PodLogs)
@@ -213,6 +217,21 @@ class FakeKubernetes:
         """Run PyTorchJob admission (CRD schema, webhook) on an object about to be stored."""
         if rtype.kind == "PyTorchJob":
             admit(obj, self.crd, self.admission)
+        elif rtype.kind == "TrainJob":
+            ns = (obj.get("metadata") or {}).get("namespace")
+            ref = (obj.get("spec") or {}).get("runtimeRef") or {}
+            cluster = ref.get("kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime"
+            plural = "clustertrainingruntimes" if cluster else "trainingruntimes"
+            runtime = self.state.find(self.type(plural, "trainer.kubeflow.org"), None if cluster else ns,
+                                      str(ref.get("name", "")))
+            admit_trainjob(obj, runtime, self.admission, self.trainer_crds)
+
+    def install_runtime(self, runtime: Obj) -> Obj:
+        """Create a (Cluster)TrainingRuntime, as the chart or a platform team would."""
+        cluster = runtime.get("kind") == "ClusterTrainingRuntime"
+        plural = "clustertrainingruntimes" if cluster else "trainingruntimes"
+        ns = None if cluster else runtime["metadata"].get("namespace", "default")
+        return self.state.create(self.type(plural, "trainer.kubeflow.org"), ns, runtime)
 
     def compact(self) -> None:
         """Forget the watch history: watches from older resourceVersions get 410 Gone."""

@@ -17,7 +17,7 @@ from sailk8s.testing.containers import container_problem, start_container
 from sailk8s.testing.events import record_event
 from sailk8s.testing.executor import PodProcess, Rewriter, default_rewrite, single_node, world_env
 from sailk8s.testing.nodes import ensure_node, lose_node, node_for
-from sailk8s.testing.podspecs import JOB_NAME, REPLICA_INDEX, REPLICA_TYPE, container_env, container_name
+from sailk8s.testing.podspecs import container_env, container_name, pod_identity
 from sailk8s.testing.simresults import write_simulated_report
 
 if TYPE_CHECKING:
@@ -154,17 +154,13 @@ class FakeKubelet:
         with self._lock:
             pod_run = self._runs.get(meta["uid"])
             if pod_run is None:
-                labels = meta.get("labels") or {}
-                replica = "Master" if labels.get(REPLICA_TYPE) == "master" else "Worker"
-                index = int(labels.get(REPLICA_INDEX, "0"))
-                behavior = self._take_script(
-                    meta["namespace"], labels.get(JOB_NAME, ""), replica, index, meta["name"]
-                )
+                job, replica, index = pod_identity(meta.get("labels") or {})
+                behavior = self._take_script(meta["namespace"], job, replica, index, meta["name"])
                 pod_run = PodRun(
                     meta["namespace"],
                     meta["name"],
                     meta["uid"],
-                    labels.get(JOB_NAME, ""),
+                    job,
                     replica,
                     index,
                     behavior,

@@ -15,6 +15,7 @@ from sailk8s.testing.history import WatchEvent
 from sailk8s.testing.jobstatus import JobStatusWriter, has_condition, job_pods, set_condition
 from sailk8s.testing.kubelet import FakeKubelet
 from sailk8s.testing.podspecs import REPLICA_ORDER, headless_service, replica_pod
+from sailk8s.testing.trainjobs import FakeTrainJobController
 
 if TYPE_CHECKING:
     from sailk8s.testing.apiserver import FakeKubernetes
@@ -23,7 +24,8 @@ Obj = dict[str, Any]
 
 
 class FakeTrainingOperator:
-    """Reconciles PyTorchJobs in a FakeKubernetes from a background thread (in-process, no HTTP).
+    """Reconciles PyTorchJobs, and TrainJobs (trainjobs.FakeTrainJobController: Kubeflow Trainer v2),
+    in a FakeKubernetes from a background thread (in-process, no HTTP).
 
         with FakeKubernetes(clock=SimulatedClock(speed=600)) as kube, \\
                 FakeTrainingOperator(kube, mode="simulate", duration=600):   # 10 simulated minutes
@@ -76,6 +78,7 @@ class FakeTrainingOperator:
             podman=podman,
         )
         self.job_status = JobStatusWriter(kube, self.kubelet)
+        self.trainjobs = FakeTrainJobController(kube, self.kubelet)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._jobs = kube.type("pytorchjobs", "kubeflow.org")
@@ -153,8 +156,9 @@ class FakeTrainingOperator:
         )
 
     def restarts(self, job_uid: str) -> int:
-        """How many times the operator recreated pods of a job (restartPolicy ExitCode)."""
-        return self.job_status.restarts(job_uid)
+        """How many times the operator recreated pods of a job (restartPolicy ExitCode; a TrainJob's
+        signal deaths under its runtime's podFailurePolicy)."""
+        return self.job_status.restarts(job_uid) + self.trainjobs.restarts(job_uid)
 
     # -- reconcile loop -----------------------------------------------------------------------
     def _loop(self) -> None:
@@ -166,7 +170,9 @@ class FakeTrainingOperator:
             self._stop.wait(self.tick)
 
     def reconcile_once(self) -> None:
-        """One pass over every PyTorchJob (public so tests can step deterministically)."""
+        """One pass over every PyTorchJob and TrainJob (public so tests can step deterministically)."""
+        if self.kube.registry.trainer_installed:
+            self.trainjobs.reconcile_all(self.namespace)
         if not self.kube.crd_installed:
             return
         jobs, _ = self.kube.state.list(self._jobs, self.namespace)

@@ -18,6 +18,9 @@ REPLICA_INDEX = "training.kubeflow.org/replica-index"
 OPERATOR_NAME = "training.kubeflow.org/operator-name"
 JOB_ROLE = "training.kubeflow.org/job-role"
 DEFAULT_PORT = 23456
+# Labels of a TrainJob's pods (JobSet, Job controller): see sailk8s.testing.trainpods.
+JOBSET_NAME = "jobset.sigs.k8s.io/jobset-name"
+COMPLETION_INDEX = "batch.kubernetes.io/job-completion-index"
 REPLICA_ORDER = ("Master", "Worker")
 
 
@@ -172,10 +175,28 @@ def container_env(kube: FakeKubernetes, pod: Obj) -> tuple[dict[str, str], str |
             env[name] = data[ref["key"]]
         field_ref = source.get("fieldRef")
         if field_ref:
-            path = field_ref.get("fieldPath", "")
-            values = {"metadata.name": pod["metadata"]["name"], "metadata.namespace": ns}
-            env[name] = values.get(path, "")
+            env[name] = field_value(pod, field_ref.get("fieldPath", ""))
     return env, None
+
+
+def field_value(pod: Obj, path: str) -> str:
+    """A downward-API fieldPath: metadata.name/namespace, metadata.labels['k'], metadata.annotations['k']."""
+    meta = pod["metadata"]
+    for where in ("labels", "annotations"):
+        prefix = f"metadata.{where}['"
+        if path.startswith(prefix) and path.endswith("']"):
+            return str((meta.get(where) or {}).get(path[len(prefix):-2], ""))
+    return str({"metadata.name": meta["name"], "metadata.namespace": meta["namespace"]}.get(path, ""))
+
+
+def pod_identity(labels: dict[str, str]) -> tuple[str, str, int]:
+    """(job name, replica Master|Worker, index) of an operator's pod: a PyTorchJob replica, or a
+    TrainJob node (node 0 plays the master, as its rank is 0)."""
+    if JOB_NAME not in labels and COMPLETION_INDEX in labels:
+        index = int(labels.get(COMPLETION_INDEX, "0") or 0)
+        return labels.get(JOBSET_NAME, ""), "Master" if index == 0 else "Worker", index
+    replica = "Master" if labels.get(REPLICA_TYPE) == "master" else "Worker"
+    return labels.get(JOB_NAME, ""), replica, int(labels.get(REPLICA_INDEX, "0"))
 
 
 def _data(kube: FakeKubernetes, kind: str, ns: str, name: str) -> dict[str, str] | None:

@@ -48,6 +48,7 @@ COORDINATION = "coordination.k8s.io"
 KUBEFLOW = "kubeflow.org"
 APIEXTENSIONS = "apiextensions.k8s.io"
 CRD_NAME = "pytorchjobs.kubeflow.org"
+TRAINER = "trainer.kubeflow.org"  # Kubeflow Trainer v2: TrainJobs and their runtimes
 
 RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType(CORE, "v1", "namespaces", "Namespace", False, ("ns",), ("status",)),
@@ -59,6 +60,9 @@ RESOURCE_TYPES: tuple[ResourceType, ...] = (
     ResourceType(CORE, "v1", "nodes", "Node", False, ("no",), ("status",)),
     ResourceType(COORDINATION, "v1", "leases", "Lease", True),
     ResourceType(KUBEFLOW, "v1", "pytorchjobs", "PyTorchJob", True, (), ("status",), ("all", "kubeflow")),
+    ResourceType(TRAINER, "v1alpha1", "trainjobs", "TrainJob", True, (), ("status",), ("all",)),
+    ResourceType(TRAINER, "v1alpha1", "trainingruntimes", "TrainingRuntime", True),
+    ResourceType(TRAINER, "v1alpha1", "clustertrainingruntimes", "ClusterTrainingRuntime", False),
     ResourceType(
         APIEXTENSIONS,
         "v1",
@@ -77,11 +81,14 @@ class ResourceRegistry:
 
     types: tuple[ResourceType, ...] = RESOURCE_TYPES
     crd_installed: bool = True
+    trainer_installed: bool = True  # False: a cluster without Kubeflow Trainer v2
     _hidden_groups: set[str] = field(default_factory=set)
 
     def served(self) -> list[ResourceType]:
-        """Types visible now (kubeflow.org vanishes when the CRD is not installed)."""
-        return [t for t in self.types if t.group != KUBEFLOW or self.crd_installed]
+        """Types visible now (kubeflow.org vanishes when the CRD is not installed, trainer.kubeflow.org
+        without the Trainer)."""
+        return [t for t in self.types if (t.group != KUBEFLOW or self.crd_installed)
+                and (t.group != TRAINER or self.trainer_installed)]
 
     def lookup(self, group: str, version: str, plural: str) -> ResourceType | None:
         """The type served at /apis/<group>/<version>/<plural>, if any."""
@@ -243,7 +250,7 @@ def table(rtype: ResourceType, objects: list[Obj], list_meta: Obj, include: str,
             {"name": n, "type": t, "format": "", "description": n}
             for n, t in (("Ready", "string"), ("Status", "string"), ("Restarts", "integer"))
         ]
-    elif rtype.kind == "PyTorchJob":
+    elif rtype.kind in ("PyTorchJob", "TrainJob"):  # both CRDs print .status.conditions[-1:].type
         columns.append({"name": "State", "type": "string", "format": "", "description": "State"})
     columns.append({"name": "Age", "type": "string", "format": "", "description": "Age"})
     rows: list[Obj] = []
@@ -252,7 +259,7 @@ def table(rtype: ResourceType, objects: list[Obj], list_meta: Obj, include: str,
         cells: list[Any] = [meta.get("name")]
         if rtype.kind == "Pod":
             cells += _pod_cells(obj)
-        elif rtype.kind == "PyTorchJob":
+        elif rtype.kind in ("PyTorchJob", "TrainJob"):  # both CRDs print .status.conditions[-1:].type
             conditions = obj.get("status", {}).get("conditions") or []
             cells.append(conditions[-1].get("type", "") if conditions else "")
         cells.append(_age(meta.get("creationTimestamp"), now))

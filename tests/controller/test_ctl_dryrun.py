@@ -49,11 +49,15 @@ def test_dry_run_plans_from_the_store_and_writes_nothing(tmp_path: Path, local_e
     assert snapshot(local_env["store"], local_env["local"]) == before  # nothing written
 
 
-def test_dry_run_yaml_prints_each_job_and_reaches_no_api(tmp_path: Path, local_env: dict[str, Path]) -> None:
+@pytest.mark.parametrize(("job_api", "kind"), [("pytorchjob", "PyTorchJob"), ("trainjob", "TrainJob")])
+def test_dry_run_yaml_prints_each_job_and_reaches_no_api(
+    tmp_path: Path, local_env: dict[str, Path], job_api: str, kind: str
+) -> None:
     store = local_env["store"]
     pipeline = tmp_path / "k8s.yaml"
     pipeline.write_text(yaml.safe_dump({
         "run": "r1", "backend": "kubernetes", "store": f"file://{store}", "namespace": "sail",
+        "kubernetes": {"job_api": job_api},
         "stages": [{"name": "a", "kind": "ingest", "outputs": ["data/a"]},
                    {"name": "b", "kind": "filter", "depends": ["a"], "inputs": ["data/a"]}]}))
     env_before = os.environ.get("KUBECONFIG")
@@ -67,7 +71,6 @@ def test_dry_run_yaml_prints_each_job_and_reaches_no_api(tmp_path: Path, local_e
             os.environ["KUBECONFIG"] = env_before
     assert res.returncode == 0, res.stderr
     jobs = list(yaml.safe_load_all(res.stdout))
-    assert [(j["kind"], j["metadata"]["name"]) for j in jobs] == [("PyTorchJob", "r1-a-1"),
-                                                                 ("PyTorchJob", "r1-b-1")]
-    assert "nothing was written" in res.stderr
+    assert [(j["kind"], j["metadata"]["name"]) for j in jobs] == [(kind, "r1-a-1"), (kind, "r1-b-1")]
+    assert f"2 {kind}(s) would be submitted" in res.stderr and "nothing was written" in res.stderr
     assert snapshot(store) == {}

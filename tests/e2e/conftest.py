@@ -22,6 +22,7 @@ from e2e_support import (
     write_pipeline,
 )
 
+from sailk8s.backends.kubernetes.trainruntime import build_training_runtime
 from sailk8s.envcontract import CREDENTIAL_VARS
 from sailk8s.testing import FakeKubernetes, FakeTrainingOperator
 
@@ -30,12 +31,17 @@ CRD = ROOT.parent / "shared" / "crds" / "kubeflow.org_pytorchjobs.yaml"
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """FakeKubernetes (with the real CRD schema when present) + an executing training operator."""
+    """FakeKubernetes (with the real CRD schema when present) + an executing training operator, which
+    runs PyTorchJobs and TrainJobs (on the sail-torch ClusterTrainingRuntime installed here)."""
     crd = CRD if CRD.is_file() else None
-    with FakeKubernetes(namespaces=(NAMESPACE,), crd_file=crd) as kube:
+    trainer_crds = CRD.parent / "trainer-v2" if (CRD.parent / "trainer-v2").is_dir() else None
+    with FakeKubernetes(namespaces=(NAMESPACE,), crd_file=crd, trainer_crds=trainer_crds) as kube:
         # The store credentials Secret the manifests reference (secretKeyRef, never literal).
         data = {var: base64.b64encode(b"unused-by-file-store").decode() for var in CREDENTIAL_VARS}
         kube.state.create(kube.type("secrets"), NAMESPACE, {"metadata": {"name": SECRET}, "data": data})
+        # Kubeflow Trainer v2's side: the chart's sail-torch runtime, for pipelines with job_api trainjob.
+        kube.install_runtime(build_training_runtime(image="ghcr.io/sail-pipeline/sail-train:0.1.0",
+                                                    store_secret=SECRET))
         kubeconfig = kube.kubeconfig(tmp_path / "kubeconfig", namespace=NAMESPACE)
         operator = FakeTrainingOperator(kube, mode="execute", cwd=str(ROOT), kill_grace=2.0,
                                         extra_env={"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)})

@@ -30,6 +30,9 @@ TRAIN_STAGES = ("pretrain", "sft", "evaluate")
 RUN = "qs"
 NAMESPACE = "sail"
 SECRET = "sail-store-credentials"
+# The two job APIs every Kubernetes e2e test runs under (kubernetes.job_api), with their resource.
+JOB_APIS = ("pytorchjob", "trainjob")
+PLURALS = {"pytorchjob": ("pytorchjobs", "kubeflow.org"), "trainjob": ("trainjobs", "trainer.kubeflow.org")}
 
 # Small sets: ~30 raw images in 16-sample shards (several shards per stage, split over 2 ranks).
 SAMPLES = {"raw_digits": 24, "reference_digits": 16, "reference_photos": 0, "sft_knowledge_digits": 8,
@@ -39,7 +42,7 @@ CONTROLLERS: list[subprocess.Popen[str]] = []
 
 
 def reduced_quickstart(store: Path, *, backend: str, tail: bool = False, captioner_steps: int = 30,
-                       run: str = RUN) -> dict[str, Any]:
+                       run: str = RUN, job_api: str = "pytorchjob") -> dict[str, Any]:
     """examples/quickstart.yaml with small sets and few steps: the data stages (+ the training tail)."""
     doc = yaml.safe_load(QUICKSTART.read_text())
     keep = DATA_STAGES + (TRAIN_STAGES if tail else ())
@@ -80,7 +83,7 @@ def reduced_quickstart(store: Path, *, backend: str, tail: bool = False, caption
             cfg["max_new_tokens"] = 2
     out: dict[str, Any] = {"run": run, "backend": backend, "store": f"file://{store}", "stages": stages}
     if backend == "kubernetes":
-        out.update(namespace=NAMESPACE, store_secret=SECRET)
+        out.update(namespace=NAMESPACE, store_secret=SECRET, kubernetes={"job_api": job_api})
     return out
 
 
@@ -149,10 +152,16 @@ class Cluster:
         # A short lease: a restarted controller takes over from a killed one in seconds.
         return sail_env(KUBECONFIG=str(self.kubeconfig), SAIL_LEASE_SECONDS="2", **extra)
 
-    def jobs(self) -> list[dict[str, object]]:
-        """The PyTorchJobs in the namespace, as the API holds them."""
-        items, _ = self.kube.state.list(self.kube.type("pytorchjobs", "kubeflow.org"), NAMESPACE)
+    def jobs(self, job_api: str = "pytorchjob") -> list[dict[str, object]]:
+        """The PyTorchJobs (or TrainJobs) in the namespace, as the API holds them."""
+        items, _ = self.kube.state.list(self.kube.type(*PLURALS[job_api]), NAMESPACE)
         return list(items)
+
+    def created(self, job_api: str = "pytorchjob") -> int:
+        """How many jobs of that API were created through the HTTP API (201s)."""
+        plural = PLURALS[job_api][0]
+        return len([r for r in self.kube.requests
+                    if r.method == "POST" and r.path.endswith(f"/{plural}") and r.status == 201])
 
     def pods(self) -> list[dict[str, object]]:
         """The pods in the namespace, as the API holds them."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_support import RUN, Cluster, events, sail, write_pipeline
+from e2e_support import JOB_APIS, RUN, Cluster, events, sail, write_pipeline
 
 from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
@@ -24,12 +24,12 @@ SMALL = {"raw_digits": 8, "reference_digits": 1, "reference_photos": 0, "sft_kno
 RES = {"procs_per_node": 1, "cpu": "1", "memory": "1Gi"}
 
 
-def pipeline(store: Path) -> dict[str, Any]:
+def pipeline(store: Path, job_api: str) -> dict[str, Any]:
     ingest = {"kind": "ingest", "resources": RES, "retry": RETRY,
               "config": {"source": "samples", "shard_size": 4, "sets": ["raw"], "samples": SMALL}}
     return {
         "run": RUN, "backend": "kubernetes", "store": f"file://{store}", "namespace": "sail",
-        "store_secret": "sail-store-credentials",
+        "store_secret": "sail-store-credentials", "kubernetes": {"job_api": job_api},
         "stages": [
             # infra: evicted on attempt 1, then the real ingest
             {"name": "evicted", **ingest, "outputs": ["data/raw"]},
@@ -48,9 +48,10 @@ def pipeline(store: Path) -> dict[str, Any]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_each_failure_class_through_the_cli(tmp_path: Path, cluster: Cluster) -> None:
+@pytest.mark.parametrize("job_api", JOB_APIS)
+def test_each_failure_class_through_the_cli(tmp_path: Path, cluster: Cluster, job_api: str) -> None:
     store = tmp_path / "store"
-    path = write_pipeline(tmp_path / "pipeline.yaml", pipeline(store))
+    path = write_pipeline(tmp_path / "pipeline.yaml", pipeline(store, job_api))
     op = cluster.operator
     op.script(behaviors.evicted(after=0.5), job=f"{RUN}-evicted-1", replica="master")
     op.script(behaviors.fail(exit_code=1, after=0.5, logs=("Traceback: boom",)), job=f"{RUN}-crashes-1",
@@ -83,10 +84,8 @@ def test_each_failure_class_through_the_cli(tmp_path: Path, cluster: Cluster) ->
 
     # Through the API: 2 + 2 + 1 + 1 jobs were created. The two that failed on pod evidence while
     # the job itself still ran (eviction, image pull) were deleted, so no gang keeps holding GPUs.
-    created = [r for r in cluster.kube.requests
-               if r.method == "POST" and r.path.endswith("/pytorchjobs") and r.status == 201]
-    assert len(created) == 6
-    jobs = sorted(j["metadata"]["name"] for j in cluster.jobs())  # type: ignore[index]
+    assert cluster.created(job_api) == 6
+    jobs = sorted(j["metadata"]["name"] for j in cluster.jobs(job_api))  # type: ignore[index]
     assert jobs == [f"{RUN}-badconfig-1", f"{RUN}-crashes-1", f"{RUN}-crashes-2", f"{RUN}-evicted-2"]
 
     status = sail("status", "-f", str(path), "--json", env=cluster.env())

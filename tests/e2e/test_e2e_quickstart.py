@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
+    JOB_APIS,
     NAMESPACE,
+    PLURALS,
     RUN,
     TRAIN_STAGES,
     Cluster,
@@ -26,9 +28,9 @@ from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
 
 
-def kubectl_jobs(kubectl: str, cluster: Cluster) -> dict[str, str]:
-    """`kubectl get pytorchjobs -l sail.io/run=qs` against the fake cluster: job name -> state column."""
-    res = subprocess.run([kubectl, "--kubeconfig", str(cluster.kubeconfig), "get", "pytorchjobs",
+def kubectl_jobs(kubectl: str, cluster: Cluster, job_api: str) -> dict[str, str]:
+    """`kubectl get pytorchjobs|trainjobs -l sail.io/run=qs` on the fake cluster: job name -> state column."""
+    res = subprocess.run([kubectl, "--kubeconfig", str(cluster.kubeconfig), "get", PLURALS[job_api][0],
                           "-n", NAMESPACE, "-l", f"sail.io/run={RUN}"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
@@ -39,24 +41,26 @@ def kubectl_jobs(kubectl: str, cluster: Cluster) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("job_api", JOB_APIS)
 def test_quickstart_on_the_fake_cluster_matches_the_local_backend(
-        tmp_path: Path, cluster: Cluster, kubectl_bin: str, local_reference: Path) -> None:
+        tmp_path: Path, cluster: Cluster, kubectl_bin: str, local_reference: Path, job_api: str) -> None:
     store = tmp_path / "store"
-    doc = reduced_quickstart(store, backend="kubernetes", tail=True)
+    doc = reduced_quickstart(store, backend="kubernetes", tail=True, job_api=job_api)
     path = write_pipeline(tmp_path / "pipeline.yaml", doc)
     env = cluster.env()
     proc = start_sail("run", "-f", str(path), env=env, log=tmp_path / "run.log")
 
     # While the run goes on, kubectl (the real binary) lists its jobs through the fake API.
-    wait_for(lambda: cluster.jobs(), timeout=120, what="the first PyTorchJob")
-    during = kubectl_jobs(kubectl_bin, cluster)
+    wait_for(lambda: cluster.jobs(job_api), timeout=120, what="the first job")
+    during = kubectl_jobs(kubectl_bin, cluster, job_api)
     assert f"{RUN}-ingest-1" in during
 
     assert proc.wait(timeout=600) == 0, (tmp_path / "run.log").read_text()[-4000:]
     out = (tmp_path / "run.log").read_text()
     evs = events(out)
     assert evs[-1]["event"] == "run_finished" and evs[-1]["status"] == "succeeded"
-    assert "kubectl get pytorchjobs -n sail -l sail.io/run=qs" in out  # the CLI prints the equivalent line
+    # the CLI prints the equivalent line
+    assert f"kubectl get {PLURALS[job_api][0]} -n sail -l sail.io/run=qs" in out
 
     state = load_state(LocalStore(store), RUN)
     assert state is not None and state.backend == "kubernetes" and state.status == "succeeded"
@@ -64,8 +68,9 @@ def test_quickstart_on_the_fake_cluster_matches_the_local_backend(
     assert {n: (st.state, len(st.attempts)) for n, st in state.stages.items()} == \
         {n: ("succeeded", 1) for n in names}
 
-    after = kubectl_jobs(kubectl_bin, cluster)
-    assert after == {f"{RUN}-{n}-1": "Succeeded" for n in names}
+    after = kubectl_jobs(kubectl_bin, cluster, job_api)
+    done = {"pytorchjob": "Succeeded", "trainjob": "Complete"}[job_api]  # each API's final condition
+    assert after == {f"{RUN}-{n}-1": done for n in names}
 
     assert_same_outputs(local_reference, store)
     # The training tail trained and evaluated the same model on both backends.
@@ -86,8 +91,9 @@ def test_quickstart_on_the_fake_cluster_matches_the_local_backend(
     assert "shard done" in res.stdout and "report" in res.stdout
 
     # The pods are gone (job deleted, pods garbage-collected): logs come from the store archive.
-    res = subprocess.run([kubectl_bin, "--kubeconfig", str(cluster.kubeconfig), "delete", "pytorchjobs", "-n",
-                          NAMESPACE, "-l", f"sail.io/run={RUN}", "--cascade=foreground", "--wait=false"],
+    res = subprocess.run([kubectl_bin, "--kubeconfig", str(cluster.kubeconfig), "delete", PLURALS[job_api][0],
+                          "-n", NAMESPACE, "-l", f"sail.io/run={RUN}", "--cascade=foreground",
+                          "--wait=false"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     wait_for(lambda: not cluster.pods(), timeout=30, what="the pods to be garbage-collected")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from e2e_support import (
+    JOB_APIS,
     RUN,
     Cluster,
     assert_same_outputs,
@@ -22,10 +23,15 @@ from sailk8s.store.local import LocalStore
 
 STAGE = "captioner"
 JOB = f"{RUN}-{STAGE}-1"
-MASTER = f"{JOB}-master-0"
 
 
-def phase_of(cluster: Cluster, pod: str) -> str | None:
+def rank0_pods(cluster: Cluster) -> list[str]:
+    """The captioner's rank-0 pods: `<job>-master-0` (PyTorchJob), `<job>-node-0-0-<hash>` (TrainJob)."""
+    return [str(p["metadata"]["name"]) for p in cluster.pods()  # type: ignore[index]
+            if str(p["metadata"]["name"]).startswith((f"{JOB}-master-0", f"{JOB}-node-0-0-"))]  # type: ignore[index]
+
+
+def phase_of(cluster: Cluster, pod: str | None) -> str | None:
     for obj in cluster.pods():
         meta = obj.get("metadata")
         if isinstance(meta, dict) and meta.get("name") == pod:
@@ -34,20 +40,27 @@ def phase_of(cluster: Cluster, pod: str) -> str | None:
     return None
 
 
+def rank0_phase(cluster: Cluster) -> str | None:
+    pods = rank0_pods(cluster)
+    return phase_of(cluster, pods[0]) if pods else None
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
+@pytest.mark.parametrize("job_api", JOB_APIS)
 def test_killed_controller_restarts_and_adopts_the_running_job(
-        tmp_path: Path, cluster: Cluster, local_reference: Path) -> None:
+        tmp_path: Path, cluster: Cluster, local_reference: Path, job_api: str) -> None:
     store = tmp_path / "store"
-    doc = reduced_quickstart(store, backend="kubernetes", tail=True)
+    doc = reduced_quickstart(store, backend="kubernetes", tail=True, job_api=job_api)
     path = write_pipeline(tmp_path / "pipeline.yaml", doc)
     env = cluster.env()
     first = start_sail("run", "-f", str(path), env=env, log=tmp_path / "first.log")
     # Kill the controller as soon as the captioner's master pod runs its (real) training process.
-    wait_for(lambda: phase_of(cluster, MASTER) == "Running", timeout=300, what=f"{MASTER} to run")
+    wait_for(lambda: rank0_phase(cluster) == "Running", timeout=300, what=f"{JOB}'s rank 0 to run")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
-    assert phase_of(cluster, MASTER) == "Running"  # the job outlives its controller
+    (master,) = rank0_pods(cluster)
+    assert phase_of(cluster, master) == "Running"  # the job outlives its controller
 
     second = start_sail("run", "-f", str(path), "--lock-wait", "60", env=env, log=tmp_path / "second.log")
     assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-4000:]
@@ -62,14 +75,12 @@ def test_killed_controller_restarts_and_adopts_the_running_job(
 
     # The API holds exactly one job per stage, all attempt 1; the captioner's master pod ran once.
     names = [s["name"] for s in doc["stages"]]
-    jobs = sorted(j["metadata"]["name"] for j in cluster.jobs())  # type: ignore[index]
+    jobs = sorted(j["metadata"]["name"] for j in cluster.jobs(job_api))  # type: ignore[index]
     assert jobs == sorted(f"{RUN}-{n}-1" for n in names)
-    created = [r for r in cluster.kube.requests
-               if r.method == "POST" and r.path.endswith("/pytorchjobs") and r.status == 201]
-    assert len(created) == len(names)
+    assert cluster.created(job_api) == len(names)
     captioner_pods = [p["metadata"]["name"] for p in cluster.pods()  # type: ignore[index]
                       if p["metadata"]["labels"].get("sail.io/stage") == STAGE]  # type: ignore[index]
-    assert captioner_pods == [MASTER]
+    assert captioner_pods == [master]
 
     state = load_state(LocalStore(store), RUN)
     assert state is not None and state.status == "succeeded"

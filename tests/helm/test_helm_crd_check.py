@@ -34,13 +34,14 @@ class FakeAPI:
 
     def __init__(self) -> None:
         self.answer: tuple[int, dict[str, Any]] = (404, status(404, "NotFound"))
+        self.path = DISCOVERY_PATH  # the one path answered with `answer`
         self.paths: list[str] = []
         api = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 api.paths.append(self.path)
-                code, body = api.answer if self.path == DISCOVERY_PATH else (404, status(404, "NotFound"))
+                code, body = api.answer if self.path == api.path else (404, status(404, "NotFound"))
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -81,7 +82,9 @@ def check_script(render: Any) -> str:
     return str(script)
 
 
-def run_check(script: str, api: FakeAPI, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run_check(
+    script: str, api: FakeAPI, tmp_path: Path, **extra_env: str
+) -> subprocess.CompletedProcess[str]:
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(json.dumps({
         "apiVersion": "v1", "kind": "Config", "current-context": "fake",
@@ -91,6 +94,8 @@ def run_check(script: str, api: FakeAPI, tmp_path: Path) -> subprocess.Completed
     }))
     env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
     env["KUBECONFIG"] = str(kubeconfig)
+    env.pop("SAIL_JOB_API", None)
+    env.update(extra_env)
     return subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True,
                           timeout=60, check=False)
 
@@ -113,3 +118,29 @@ def test_check_names_the_cause(check_script: str, fake_api: FakeAPI, tmp_path: P
     assert "Traceback" not in result.stderr
     assert len(out.strip().splitlines()) == 1  # one line naming the cause
     assert fake_api.paths == [DISCOVERY_PATH] * len(fake_api.paths)  # discovery only
+
+
+TRAINER_PATH = "/apis/trainer.kubeflow.org/v1alpha1"
+
+
+@pytest.mark.parametrize(("answer", "rc", "message"), [
+    ((404, status(404, "NotFound")), 1,
+     "TrainJobs are not served (trainer.kubeflow.org/v1alpha1 is not an API group version of this cluster): "
+     "install Kubeflow Trainer v2.3: kubectl apply --server-side -k "),
+    ((200, discovery("trainjobs", "trainjobs/status", "trainingruntimes")), 0,
+     "ok: trainer.kubeflow.org/v1alpha1 serves trainjobs"),
+    ((200, discovery("trainingruntimes")), 1,
+     "trainer.kubeflow.org/v1alpha1 is served but without trainjobs"),
+])
+def test_check_asks_for_trainjobs_when_chosen(
+    check_script: str, fake_api: FakeAPI, tmp_path: Path,
+    answer: tuple[int, dict[str, Any]], rc: int, message: str,
+) -> None:
+    fake_api.answer, fake_api.path, fake_api.paths = answer, TRAINER_PATH, []
+    try:
+        result = run_check(check_script, fake_api, tmp_path, SAIL_JOB_API="trainjob")
+    finally:
+        fake_api.path = DISCOVERY_PATH
+    assert result.returncode == rc, result.stderr
+    assert message in (result.stdout if rc == 0 else result.stderr)
+    assert fake_api.paths == [TRAINER_PATH] * len(fake_api.paths) and fake_api.paths  # discovery only

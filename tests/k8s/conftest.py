@@ -46,3 +46,15 @@ def store(tmp_path: Path) -> ObjectStore:
 @pytest.fixture
 def cluster(kube: FakeKubernetes) -> ClusterDriver:
     return ClusterDriver(kube)
+
+
+TRAINER_CRDS = CRD.parent / "trainer-v2"
+
+
+@pytest.fixture
+def trainer_crds() -> Path:
+    """The Trainer v2.3 CRD folder (TrainJob, ClusterTrainingRuntime, TrainingRuntime, runtimes/)."""
+    if not (TRAINER_CRDS / "trainer.kubeflow.org_trainjobs.yaml").is_file():
+        pytest.skip(f"Trainer v2 CRDs not found at {TRAINER_CRDS}")
+    pytest.importorskip("jsonschema")
+    return TRAINER_CRDS

@@ -66,6 +66,10 @@ def test_created_is_pending_and_running_is_running() -> None:
 def test_suspended_by_kueue_is_pending() -> None:
     st = derive_status(job(("Created", "x"), ("Suspended", "PyTorchJobSuspended")), [], now=NOW)
     assert (st.phase, st.reason) == (Phase.PENDING, "Suspended")
+    queued = job(("Created", "x"), ("Suspended", "PyTorchJobSuspended"))
+    queued["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu-batch"}
+    st = derive_status(queued, [], now=NOW)  # the same words as a suspended TrainJob's
+    assert st.message == "waiting for Kueue admission (queue gpu-batch)"
 
 
 def test_restarting_is_running() -> None:

@@ -293,7 +293,7 @@ def test_missing_crd_file_and_missing_jsonschema_give_clear_messages(
     pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     m = build_pytorchjob(pipeline, pipeline.stage("ingest"), 1)
-    with pytest.raises(validation.BackendError, match="cannot read the PyTorchJob CRD"):
+    with pytest.raises(validation.BackendError, match="cannot read the CRD at"):
         validate_manifest(m, tmp_path / "nope.yaml")
     (tmp_path / "crd.yaml").write_text("kind: Nothing\n")
     with pytest.raises(validation.BackendError, match="not a CustomResourceDefinition"):

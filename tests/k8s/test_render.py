@@ -127,3 +127,28 @@ def test_kubectl_get_by_run_label(kube: FakeKubernetes, tmp_path: Path) -> None:
         "pytorchjob.kubeflow.org/r1-ingest-1",
         "pytorchjob.kubeflow.org/r1-recaption-1",
     ]
+
+
+def test_render_a_trainjob_of_the_cluster_example(tmp_path: Path) -> None:
+    """examples/cluster.yaml with kubernetes.job_api trainjob: a TrainJob a v2.3 cluster accepts."""
+    crds = REPO.parent / "shared" / "crds" / "trainer-v2"
+    if not crds.is_dir():
+        pytest.skip(f"Trainer v2 CRDs not found at {crds}")
+    from sailk8s.backends.kubernetes.jobapi import reference_runtime
+    from sailk8s.backends.kubernetes.trainvalidation import validate_runtime, validate_trainjob
+
+    example = yaml.safe_load((REPO / "examples" / "cluster.yaml").read_text())
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump({**example, "kubernetes": {"job_api": "trainjob"}}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SAIL_")}
+    res = _render("pretrain", "-f", str(path), env={**env, "KUBECONFIG": str(tmp_path / "none")})
+    assert res.returncode == 0, res.stderr
+    job = yaml.safe_load(res.stdout)
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    assert job["metadata"]["name"] == "sail-vl-2b-pretrain-1"
+    assert job["spec"]["trainer"]["numNodes"] == 16 and job["spec"]["trainer"]["numProcPerNode"] == 8
+    assert f"valid (CRD schema ({crds}/trainer.kubeflow.org_trainjobs.yaml) and webhook rules)" in res.stderr
+    assert "# note: stages.pretrain.resources.priority_class" in res.stderr
+    assert "kubectl get trainjobs -n sail -l sail.io/run=sail-vl-2b" in res.stderr
+    runtime = reference_runtime(load_pipeline(path), job)
+    assert runtime is not None and validate_runtime(runtime, crds) and validate_trainjob(job, runtime, crds)

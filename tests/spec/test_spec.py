@@ -157,3 +157,18 @@ def test_credentials_never_appear_in_repr(monkeypatch: pytest.MonkeyPatch) -> No
     assert s.store_secret_key.get_secret_value() == "hunter2-secret"
     for text in (repr(s), str(s), str(s.model_dump())):
         assert "hunter2-secret" not in text and "AKIA-very-secret" not in text
+
+
+def test_job_api_defaults_to_pytorchjob_and_names_bad_values() -> None:
+    p = parse_pipeline(_pipeline())
+    assert p.kubernetes.job_api == "pytorchjob"
+    assert (p.kubernetes.runtime.name, p.kubernetes.runtime.kind) == ("sail-torch", "ClusterTrainingRuntime")
+    t = parse_pipeline(_pipeline(kubernetes={"job_api": "trainjob", "runtime": {"name": "team-torch",
+                                                                                 "kind": "TrainingRuntime"}}))
+    assert t.kubernetes.job_api == "trainjob" and t.kubernetes.runtime.kind == "TrainingRuntime"
+    for bad, where in [({"job_api": "mpijob"}, "kubernetes.job_api"),
+                       ({"runtime": {"kind": "Runtime"}}, "kubernetes.runtime.kind"),
+                       ({"runtime": {"name": "Bad_Name"}}, "kubernetes.runtime.name")]:
+        with pytest.raises(ConfigError) as info:
+            parse_pipeline(_pipeline(kubernetes=bad))
+        assert str(info.value).startswith(where), str(info.value)

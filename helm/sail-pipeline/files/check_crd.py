@@ -1,20 +1,29 @@
-"""Pre-install check: the Kubeflow Training Operator v1.9 serves PyTorchJobs (kubeflow.org/v1).
+"""Pre-install check: the chosen job API is served: PyTorchJobs (kubeflow.org/v1, the Kubeflow
+Training Operator v1.9) or, with SAIL_JOB_API=trainjob, TrainJobs (trainer.kubeflow.org/v1alpha1,
+Kubeflow Trainer v2).
 
-Runs in the controller image as a Helm hook Job. It asks API discovery (`/apis/kubeflow.org/v1`),
+Runs in the controller image as a Helm hook Job. It asks API discovery (`/apis/<group>/<version>`),
 which every authenticated account may read (the default `system:discovery` role), so the install
-needs no cluster-scoped grant. Exit 0 when `pytorchjobs` is served; otherwise one line naming the
+needs no cluster-scoped grant. Exit 0 when the resource is served; otherwise one line naming the
 cause on stderr and in the termination message (shown by `kubectl describe pod`), and exit 1.
 """
 
+import os
 import sys
 
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from urllib3.exceptions import HTTPError
 
-GROUP_VERSION = "kubeflow.org/v1"
-INSTALL = ("install the Kubeflow Training Operator v1.9: kubectl apply --server-side -k "
-           "\"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\"")
+APIS = {
+    "pytorchjob": ("kubeflow.org/v1", "pytorchjobs", "PyTorchJobs",
+                   "install the Kubeflow Training Operator v1.9: kubectl apply --server-side -k "
+                   "\"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0\""),
+    "trainjob": ("trainer.kubeflow.org/v1alpha1", "trainjobs", "TrainJobs",
+                 "install Kubeflow Trainer v2.3: kubectl apply --server-side -k "
+                 "\"https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=v2.3.0\""),
+}
+GROUP_VERSION, PLURAL, WHAT, INSTALL = APIS.get(os.environ.get("SAIL_JOB_API", "pytorchjob"), APIS["pytorchjob"])
 
 
 def fail(message: str) -> None:
@@ -39,7 +48,7 @@ def main() -> None:
                              auth_settings=["BearerToken"], _return_http_data_only=True)
     except ApiException as err:
         if err.status == 404:
-            fail(f"PyTorchJobs are not served ({GROUP_VERSION} is not an API group version of this "
+            fail(f"{WHAT} are not served ({GROUP_VERSION} is not an API group version of this "
                  f"cluster): {INSTALL}")
         if err.status in (401, 403):
             fail(f"cannot read API discovery /apis/{GROUP_VERSION} (HTTP {err.status}): the hook's service "
@@ -50,10 +59,10 @@ def main() -> None:
         fail(f"cannot reach the Kubernetes API to check {GROUP_VERSION}: {err}")
         return
     names = [r.get("name") for r in (found or {}).get("resources") or []]
-    if "pytorchjobs" not in names:
-        fail(f"{GROUP_VERSION} is served but without pytorchjobs ({', '.join(map(str, names)) or 'no resources'}):"
+    if PLURAL not in names:
+        fail(f"{GROUP_VERSION} is served but without {PLURAL} ({', '.join(map(str, names)) or 'no resources'}):"
              f" {INSTALL}")
-    print(f"ok: {GROUP_VERSION} serves pytorchjobs")
+    print(f"ok: {GROUP_VERSION} serves {PLURAL}")
 
 
 if __name__ == "__main__":

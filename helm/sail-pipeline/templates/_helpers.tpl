@@ -128,6 +128,11 @@ node pools, Kueue queue); a stage's own settings always win. */}}
 {{- $_ := set $p "image" (include "sail.image" (dict "root" $root "repository" .Values.image.workloads.train)) -}}
 {{- end -}}
 {{- $_ := set $p "store_secret" (include "sail.secretName" .) -}}
+{{- $k := dict "job_api" .Values.kubeflow.jobApi -}}
+{{- if eq .Values.kubeflow.jobApi "trainjob" -}}
+{{- $_ := set $k "runtime" (dict "name" .Values.kubeflow.trainer.runtime.name "kind" .Values.kubeflow.trainer.runtime.kind) -}}
+{{- end -}}
+{{- $_ := set $p "kubernetes" $k -}}
 {{- $stages := list -}}
 {{- range $stage := .Values.pipeline.stages -}}
 {{- $s := deepCopy $stage -}}

@@ -1,4 +1,5 @@
-"""KubernetesBackend: each stage attempt is a Kubeflow PyTorchJob (kubeflow.org/v1)."""
+"""KubernetesBackend: each stage attempt is a Kubeflow PyTorchJob (kubeflow.org/v1) or a Trainer v2
+TrainJob (trainer.kubeflow.org/v1alpha1), as the pipeline's kubernetes.job_api says."""
 
 from __future__ import annotations
 
@@ -12,15 +13,18 @@ import structlog
 from sailk8s.backends.base import AttemptRef, AttemptStatus, Backend, Phase, RunLock
 from sailk8s.backends.kubernetes import status as kube_status
 from sailk8s.backends.kubernetes.client import Configuration, KubeClient
+from sailk8s.backends.kubernetes.errors import KubeApiError
+from sailk8s.backends.kubernetes.jobapi import job_api as job_api_named
+from sailk8s.backends.kubernetes.jobkinds import CLUSTER_RUNTIME_KIND
 from sailk8s.backends.kubernetes.lease import LeaseRunLock
 from sailk8s.backends.kubernetes.logs import PodLogs, ranked_pods
 from sailk8s.backends.kubernetes.manifest import (
     ANNOTATION_SPEC_HASH,
     LABEL_RUN_ID,
-    build_pytorchjob,
     label_selector,
 )
-from sailk8s.backends.kubernetes.validation import ManifestInvalid, webhook_errors
+from sailk8s.backends.kubernetes.trainvalidation import trainjob_webhook_errors
+from sailk8s.backends.kubernetes.validation import ManifestInvalid
 from sailk8s.backends.kubernetes.watch import ObjectWatch
 from sailk8s.errors import BackendError, SailError
 from sailk8s.settings import Settings
@@ -32,10 +36,11 @@ Obj = dict[str, Any]
 
 
 class KubernetesBackend(Backend):
-    """Runs stage attempts as PyTorchJobs; see the Backend contract for each method.
+    """Runs stage attempts as PyTorchJobs or TrainJobs; see the Backend contract for each method.
 
-    Manifests come from the pure manifest.build_pytorchjob, statuses from the pure
-    status.derive_status, and every API request goes through one KubeClient.
+    Which API is one JobApi (jobapi.py): manifests come from its pure builder, statuses from its
+    pure status function, and every API request goes through one KubeClient; the rest (watches,
+    adoption, cancel, logs and their archive) is the same for both.
     """
 
     name = "kubernetes"
@@ -53,15 +58,19 @@ class KubernetesBackend(Backend):
         watch_timeout: int = 3600,
         recheck_seconds: float = 30.0,
         clock: Callable[[], float] = time.time,
+        job_api: str = "pytorchjob",
     ) -> None:
         self.settings = settings or Settings()
         self.namespace = namespace or self.settings.namespace
+        self.api = job_api_named(job_api)
+        self.kind = self.api.kind
         self.client = KubeClient(
-            configuration, context=self.settings.kube_context, retry_seconds=retry_seconds
+            configuration, context=self.settings.kube_context, retry_seconds=retry_seconds,
+            job=self.api.resource,
         )
         self.host = self.client.host
         self.store = store
-        self.pod_logs = PodLogs(self.client, store)
+        self.pod_logs = PodLogs(self.client, store, self.api.container)
         self.retry_seconds = retry_seconds
         self.unschedulable_after = unschedulable_after
         self.node_lost_after = node_lost_after
@@ -72,13 +81,15 @@ class KubernetesBackend(Backend):
         self.clock = clock
         self._namespaces: dict[str, str] = {}
         self._cancelled: set[str] = set()
+        self._runtimes_ok: set[tuple[str, str, str]] = set()  # (kind, namespace, name) found and accepting
 
     @classmethod
     def for_pipeline(
         cls, pipeline: Pipeline, settings: Settings | None = None, **kwargs: Any
     ) -> KubernetesBackend:
-        """A backend in the pipeline's namespace (else SAIL_NAMESPACE)."""
+        """A backend in the pipeline's namespace (else SAIL_NAMESPACE), for its kubernetes.job_api."""
         settings = settings or Settings()
+        kwargs.setdefault("job_api", pipeline.kubernetes.job_api)
         return cls(namespace=pipeline.namespace or settings.namespace, settings=settings, **kwargs)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -93,7 +104,7 @@ class KubernetesBackend(Backend):
     def _derive(
         self, job: Obj | None, pods: list[Obj], seen: list[kube_status.PodVerdict] | None = None
     ) -> AttemptStatus:
-        return kube_status.derive_status(
+        return self.api.derive_status(
             job,
             pods,
             now=self.clock(),
@@ -105,8 +116,8 @@ class KubernetesBackend(Backend):
     # -- Backend ---------------------------------------------------------------------------
 
     def manifest(self, pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> Obj:
-        """The exact PyTorchJob this backend submits for the attempt (pure, no API call)."""
-        return build_pytorchjob(
+        """The exact job this backend submits for the attempt (pure, no API call)."""
+        return self.api.build(
             pipeline,
             stage,
             attempt,
@@ -117,16 +128,15 @@ class KubernetesBackend(Backend):
         )
 
     def submit(self, pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "") -> AttemptRef:
-        """Create the PyTorchJob; on 409 adopt the existing one if it is this run's and its spec hash
+        """Create the job; on 409 adopt the existing one if it is this run's and its spec hash
         matches, else (an earlier run of the same name) delete it and create ours."""
         manifest = self.manifest(pipeline, stage, attempt, run_id)
-        problems = webhook_errors(manifest)
-        if problems:
-            raise ManifestInvalid(manifest["metadata"]["name"], problems)
+        self.api.check(manifest, pipeline)
+        self._check_runtime(manifest)
         name, ns = manifest["metadata"]["name"], manifest["metadata"]["namespace"]
         ref = AttemptRef(pipeline.run, stage.name, attempt, run_id)
         if self.client.create_job(ns, manifest):
-            log.info("submitted PyTorchJob", job=name, namespace=ns)
+            log.info("submitted job", kind=self.kind, job=name, namespace=ns)
         else:
             existing = self.client.get_job(ns, name)
             if existing is not None and run_id and _run_id_of(existing) != run_id:
@@ -137,21 +147,48 @@ class KubernetesBackend(Backend):
         self._cancelled.discard(ref.name)
         return ref
 
+    def _check_runtime(self, manifest: Obj) -> None:
+        """A TrainJob's runtime must exist and accept the job before the job is created: a message
+        naming the fix now, instead of the trainer webhook's refusal (PyTorchJobs have none)."""
+        ref = (manifest.get("spec") or {}).get("runtimeRef")
+        if ref is None:
+            return
+        kind, name = str(ref.get("kind", CLUSTER_RUNTIME_KIND)), str(ref.get("name"))
+        ns = "" if kind == CLUSTER_RUNTIME_KIND else manifest["metadata"]["namespace"]
+        if (kind, ns, name) in self._runtimes_ok:
+            return
+        try:
+            runtime = self.client.get_runtime(kind, ns, name)
+        except KubeApiError as err:  # 403: no read grant (the platform's RBAC); the webhook still checks
+            log.warning("cannot read the TrainJob's runtime; submitting unchecked", runtime=name, kind=kind,
+                        status=err.status)
+            return
+        if runtime is None:
+            where = f" in namespace {ns!r}" if ns else ""
+            raise BackendError(
+                f"{kind} {name!r} not found{where}: install it (helm: kubeflow.trainer.runtime.install=true) "
+                "or set kubernetes.runtime in the pipeline file to an existing runtime"
+            )
+        problems = trainjob_webhook_errors(manifest, runtime)
+        if problems:
+            raise ManifestInvalid(manifest["metadata"]["name"], problems, self.kind)
+        self._runtimes_ok.add((kind, ns, name))
+
     def _replace(self, manifest: Obj, existing: Obj, name: str, ns: str) -> None:
-        """Delete another run's PyTorchJob of this name (never adopted), then create ours."""
+        """Delete another run's job of this name (never adopted), then create ours."""
         ours = manifest["metadata"]["labels"][LABEL_RUN_ID]
-        log.warning("deleting a PyTorchJob of an earlier run with the same name", job=name, namespace=ns,
-                    its_run_id=_run_id_of(existing) or "none", run_id=ours)
+        log.warning("deleting a job of an earlier run with the same name", kind=self.kind, job=name,
+                    namespace=ns, its_run_id=_run_id_of(existing) or "none", run_id=ours)
         self.client.delete_job(ns, name)
         deadline = time.monotonic() + self.replace_timeout
         while self.client.get_job(ns, name) is not None:  # foreground deletion: its pods go first
             if time.monotonic() > deadline:
-                raise BackendError(f"PyTorchJob {name!r} of an earlier run was not deleted within "
-                                   f"{self.replace_timeout:g}s; delete it (kubectl delete pytorchjob "
-                                   f"{name} -n {ns}) and run again")
+                raise BackendError(f"{self.kind} {name!r} of an earlier run was not deleted within "
+                                   f"{self.replace_timeout:g}s; delete it (kubectl delete "
+                                   f"{self.kind.lower()} {name} -n {ns}) and run again")
             time.sleep(0.5)
         self.client.create_job(ns, manifest, exist_ok=False)
-        log.info("submitted PyTorchJob", job=name, namespace=ns)
+        log.info("submitted job", kind=self.kind, job=name, namespace=ns)
 
     def _adopt(self, manifest: Obj, name: str, ns: str) -> None:
         existing = self.client.get_job(ns, name)
@@ -162,11 +199,11 @@ class KubernetesBackend(Backend):
         have = ((existing.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SPEC_HASH)
         if have != want:
             raise BackendError(
-                f"PyTorchJob {name!r} already exists in namespace {ns!r} with a different spec "
+                f"{self.kind} {name!r} already exists in namespace {ns!r} with a different spec "
                 f"(spec hash {have or 'none'} != {want}): it was not created from this pipeline file; "
-                f"delete it (kubectl delete pytorchjob {name} -n {ns}) or use another run name"
+                f"delete it (kubectl delete {self.kind.lower()} {name} -n {ns}) or use another run name"
             )
-        log.info("adopted existing PyTorchJob", job=name, namespace=ns)
+        log.info("adopted existing job", kind=self.kind, job=name, namespace=ns)
 
     def status(self, ref: AttemptRef) -> AttemptStatus:
         ns = self._ns(ref)
@@ -175,7 +212,7 @@ class KubernetesBackend(Backend):
             return self._missing(ref)
         if ref.run_id and _run_id_of(job) != ref.run_id:
             return AttemptStatus(Phase.UNKNOWN, reason="OtherRun",
-                                 message=f"PyTorchJob {ref.name!r} belongs to another run "
+                                 message=f"{self.kind} {ref.name!r} belongs to another run "
                                          f"(run id {_run_id_of(job) or 'none'}, not {ref.run_id})")
         return self._derive(job, self._list_pods(ref, ns))
 
@@ -185,7 +222,7 @@ class KubernetesBackend(Backend):
         return AttemptStatus(
             Phase.UNKNOWN,
             reason="NotFound",
-            message=f"no PyTorchJob {ref.name!r} in namespace {self._ns(ref)!r}",
+            message=f"no {self.kind} {ref.name!r} in namespace {self._ns(ref)!r}",
         )
 
     def _watches(
@@ -272,7 +309,7 @@ class KubernetesBackend(Backend):
         if st.phase == Phase.CANCELLED:
             return st
         return AttemptStatus(
-            Phase.CANCELLED, reason="Deleted", message=f"PyTorchJob {ref.name!r} was deleted"
+            Phase.CANCELLED, reason="Deleted", message=f"{self.kind} {ref.name!r} was deleted"
         )
 
     def _wake_in(self, deadline: float | None, pods: list[Obj]) -> float:
@@ -292,7 +329,7 @@ class KubernetesBackend(Backend):
         self._cancelled.add(ref.name)
         self.pod_logs.archive(ref, ns)
         self.client.delete_job(ns, ref.name)
-        log.info("cancelled PyTorchJob", job=ref.name, namespace=ns)
+        log.info("cancelled job", kind=self.kind, job=ref.name, namespace=ns)
 
     def logs(self, ref: AttemptRef, *, follow: bool = False, rank: int | None = None) -> Iterator[str]:
         """Live pod logs (rank 0 first), else the archive; follow streams one rank (0 by default),
@@ -355,7 +392,7 @@ class KubernetesBackend(Backend):
 
 
 def _run_id_of(job: Obj) -> str:
-    """The run id a PyTorchJob was made for ('' for one made before run ids)."""
+    """The run id a job was made for ('' for one made before run ids)."""
     return str(((job.get("metadata") or {}).get("labels") or {}).get(LABEL_RUN_ID, ""))
 
 

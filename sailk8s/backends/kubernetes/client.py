@@ -16,16 +16,16 @@ from kubernetes.config.config_exception import ConfigException
 from kubernetes.watch.watch import iter_resp_lines
 
 from sailk8s.backends.kubernetes.errors import (
-    CRD_MISSING,
     Call,
     KubeApiError,
     call_api,
+    crd_missing,
     final_error,
     is_object_not_found,
     namespace_missing,
     namespace_missing_message,
 )
-from sailk8s.backends.kubernetes.manifest import GROUP, PLURAL, VERSION
+from sailk8s.backends.kubernetes.jobkinds import CLUSTER_RUNTIME_KIND, PYTORCHJOB, TRAINJOB, JobResource
 from sailk8s.errors import BackendError
 
 T = TypeVar("T")
@@ -109,7 +109,8 @@ class Listing:
 
 
 class KubeClient:
-    """PyTorchJobs, pods, pod logs and Leases: each call retried for retry_seconds on transient failures."""
+    """Jobs (PyTorchJobs or TrainJobs: `job`), pods, pod logs and Leases: each call retried for
+    retry_seconds on transient failures."""
 
     def __init__(
         self,
@@ -117,7 +118,9 @@ class KubeClient:
         *,
         context: str | None = None,
         retry_seconds: float = 60.0,
+        job: JobResource = PYTORCHJOB,
     ) -> None:
+        self.job = job
         cfg = configuration or load_configuration(context)
         self.host: str = cfg.host
         self.retry_seconds = retry_seconds
@@ -141,23 +144,23 @@ class KubeClient:
         try:
             discovery = self.call(
                 lambda: self.api.call_api(
-                    f"/apis/{GROUP}/{VERSION}",
+                    f"/apis/{self.job.group}/{self.job.version}",
                     "GET",
                     response_type="object",
                     auth_settings=["BearerToken"],
                     header_params={"Accept": "application/json"},
                     _return_http_data_only=True,
                 ),
-                Call("get", "discovery", GROUP, call.namespace),
+                Call("get", "discovery", self.job.group, call.namespace),
                 translate=False,
             )
         except KubeApiError as probe:
             if probe.status == 404:
-                return BackendError(CRD_MISSING)
+                return BackendError(crd_missing(self.job.plural))
             discovery = {}
         resources = {r.get("name") for r in (discovery or {}).get("resources") or [] if isinstance(r, dict)}
-        if discovery and PLURAL not in resources:
-            return BackendError(CRD_MISSING)
+        if discovery and self.job.plural not in resources:
+            return BackendError(crd_missing(self.job.plural))
         if call.namespace:
             namespace = call.namespace
             try:
@@ -167,27 +170,27 @@ class KubeClient:
                     return BackendError(namespace_missing_message(namespace))
         return final_error(err, call, self.host)
 
-    # -- PyTorchJobs -------------------------------------------------------------------------
+    # -- jobs --------------------------------------------------------------------------------
 
     def _job_call(self, fn: Callable[[], Any], call: Call) -> Any | None:
-        """A PyTorchJob call; None when the job is absent, a one-line error otherwise."""
+        """A job call; None when the job is absent, a one-line error otherwise."""
         try:
             return self.call(fn, call, translate=False)
         except KubeApiError as err:
-            if is_object_not_found(err, PLURAL):
+            if is_object_not_found(err, self.job.plural):
                 return None
             if err.status == 404:  # not the job but the namespace or the CRD is missing
                 raise self.explain_not_found(err, call) from None
             raise final_error(err, call, self.host) from None
 
     def create_job(self, namespace: str, manifest: Obj, *, exist_ok: bool = True) -> bool:
-        """Create a PyTorchJob; False when one of that name exists already (exist_ok), else raise."""
+        """Create the job; False when one of that name exists already (exist_ok), else raise."""
         name = manifest["metadata"]["name"]
-        call = Call("create", PLURAL, GROUP, namespace, name)
+        call = Call("create", self.job.plural, self.job.group, namespace, name)
         try:
             self.call(
                 lambda: self._custom.create_namespaced_custom_object(
-                    GROUP, VERSION, namespace, PLURAL, manifest
+                    self.job.group, self.job.version, namespace, self.job.plural, manifest
                 ),
                 call,
                 translate=False,
@@ -201,31 +204,62 @@ class KubeClient:
             raise final_error(err, call, self.host) from None
 
     def get_job(self, namespace: str, name: str) -> Obj | None:
-        """The PyTorchJob as JSON; None when it does not exist."""
+        """The job as JSON; None when it does not exist."""
         job: Obj | None = self._job_call(
-            lambda: self._custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name),
-            Call("get", PLURAL, GROUP, namespace, name),
+            lambda: self._custom.get_namespaced_custom_object(
+                self.job.group, self.job.version, namespace, self.job.plural, name
+            ),
+            Call("get", self.job.plural, self.job.group, namespace, name),
         )
         return job
 
     def delete_job(self, namespace: str, name: str) -> None:
-        """Delete the PyTorchJob with foreground propagation; an absent job is already deleted."""
+        """Delete the job with foreground propagation; an absent job is already deleted."""
         body = k8s.V1DeleteOptions(propagation_policy="Foreground")
         self._job_call(
             lambda: self._custom.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, body=body
+                self.job.group, self.job.version, namespace, self.job.plural, name, body=body
             ),
-            Call("delete", PLURAL, GROUP, namespace, name),
+            Call("delete", self.job.plural, self.job.group, namespace, name),
         )
 
     def job_listing(self, namespace: str, name: str) -> Listing:
-        """The list call a watch on one PyTorchJob repeats."""
+        """The list call a watch on one job repeats."""
         return Listing(
             lambda **kw: self._custom.list_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, field_selector=f"metadata.name={name}", **kw
+                self.job.group,
+                self.job.version,
+                namespace,
+                self.job.plural,
+                field_selector=f"metadata.name={name}",
+                **kw,
             ),
-            Call("watch", PLURAL, GROUP, namespace),
+            Call("watch", self.job.plural, self.job.group, namespace),
         )
+
+    def get_runtime(self, kind: str, namespace: str, name: str) -> Obj | None:
+        """A Trainer v2 runtime (ClusterTrainingRuntime or namespaced TrainingRuntime) as JSON; None
+        when it does not exist. Forbidden (no read grant) raises KubeApiError 403 for the caller."""
+        group, version, plural = TRAINJOB.group, TRAINJOB.version, kind.lower() + "s"
+        cluster = kind == CLUSTER_RUNTIME_KIND
+        call = Call("get", plural, group, None if cluster else namespace, name)
+
+        def fn() -> Any:
+            if cluster:
+                return self._custom.get_cluster_custom_object(group, version, plural, name)
+            return self._custom.get_namespaced_custom_object(group, version, namespace, plural, name)
+
+        try:
+            found: Obj = self.call(fn, call, translate=False)
+            return found
+        except KubeApiError as err:
+            if is_object_not_found(err, plural):
+                return None
+            if err.status == 403:
+                raise
+            if err.status == 404:
+                raise self.explain_not_found(err, call) from None
+            raise final_error(err, call, self.host) from None
 
     # -- pods --------------------------------------------------------------------------------
 

@@ -24,6 +24,17 @@ CRD_MISSING = (
     "install the Kubeflow Training Operator v1.9: kubectl apply --server-side -k "
     '"github.com/kubeflow/training-operator.git/manifests/overlays/standalone?ref=v1.9.0"'
 )
+TRAINJOB_CRD_MISSING = (
+    "the TrainJob CRD (trainer.kubeflow.org/v1alpha1 trainjobs) is not installed in this cluster: "
+    "install Kubeflow Trainer v2.3: kubectl apply --server-side -k "
+    '"https://github.com/kubeflow/trainer.git/manifests/overlays/manager?ref=v2.3.0" '
+    "(or set kubernetes.job_api: pytorchjob)"
+)
+
+
+def crd_missing(plural: str) -> str:
+    """What to install when the job API (pytorchjobs or trainjobs) is not served."""
+    return TRAINJOB_CRD_MISSING if plural == "trainjobs" else CRD_MISSING
 
 
 class KubeApiError(Exception):

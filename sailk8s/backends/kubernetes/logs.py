@@ -169,13 +169,14 @@ def ranked_pods(pods: list[Obj]) -> list[tuple[int, str]]:
 class PodLogs:
     """The logs of an attempt's pods through the client, and their archive in the store."""
 
-    def __init__(self, client: KubeClient, store: ObjectStore | None) -> None:
+    def __init__(self, client: KubeClient, store: ObjectStore | None, container: str = CONTAINER) -> None:
         self.client = client
         self.store = store
+        self.container = container  # the training container: pytorch (PyTorchJob) or node (TrainJob)
 
     def read(self, ns: str, pod: str) -> Iterator[str]:
         """The pod's whole current log, line by line."""
-        resp, _ = self.client.open_log(ns, pod, CONTAINER)
+        resp, _ = self.client.open_log(ns, pod, self.container)
         if resp is not None:
             yield from stream_lines(resp, pod)
 
@@ -195,7 +196,7 @@ class PodLogs:
                 resp, status = self.client.open_log(
                     ns,
                     pod,
-                    CONTAINER,
+                    self.container,
                     follow=True,
                     since_time=cursor.since_time(),
                     deadline_s=backoff.remaining(),

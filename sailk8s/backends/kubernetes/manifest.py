@@ -9,17 +9,18 @@ import json
 from typing import Any
 
 from sailk8s.backends.base import attempt_name
+from sailk8s.backends.kubernetes.jobkinds import LABEL_COMPLETION_INDEX, PYTORCHJOB
 from sailk8s.envcontract import CREDENTIAL_VARS, launch_command, stage_env
 from sailk8s.errors import ConfigError
 from sailk8s.spec import Pipeline, Stage, Toleration
 
 Obj = dict[str, Any]
 
-API_VERSION = "kubeflow.org/v1"
-KIND = "PyTorchJob"
-GROUP = "kubeflow.org"
-VERSION = "v1"
-PLURAL = "pytorchjobs"
+API_VERSION = PYTORCHJOB.api_version
+KIND = PYTORCHJOB.kind
+GROUP = PYTORCHJOB.group
+VERSION = PYTORCHJOB.version
+PLURAL = PYTORCHJOB.plural
 CONTAINER = "pytorch"  # the operator's webhook requires a container with this name
 
 LABEL_NAME = "app.kubernetes.io/name"
@@ -81,12 +82,16 @@ def job_labels(pipeline: Pipeline, stage: Stage, attempt: int, run_id: str = "")
 
 
 def kubectl_commands(
-    namespace: str, run: str, stages: list[str] | tuple[str, ...] = (), attempt: int | None = None
+    namespace: str, run: str, stages: list[str] | tuple[str, ...] = (), attempt: int | None = None,
+    job_api: str = "pytorchjob",
 ) -> list[str]:
     """The kubectl lines that list a run's jobs and follow each stage's (or attempt's) rank 0."""
-    lines = [f"kubectl get pytorchjobs -n {namespace} -l {label_selector(run)}"]
+    plural, rank0 = PLURAL, f"{LABEL_REPLICA_TYPE}=master"
+    if job_api == "trainjob":
+        plural, rank0 = "trainjobs", "batch.kubernetes.io/job-completion-index=0"
+    lines = [f"kubectl get {plural} -n {namespace} -l {label_selector(run)}"]
     for stage in stages:
-        selector = f"{label_selector(run, stage, attempt)},{LABEL_REPLICA_TYPE}=master"
+        selector = f"{label_selector(run, stage, attempt)},{rank0}"
         lines.append(f"kubectl logs -f -n {namespace} -l {selector}")
     return lines
 
@@ -110,12 +115,12 @@ def elastic_bounds(stage: Stage) -> tuple[int, int]:
     return lo, hi
 
 
-def _compact(**fields: Any) -> Obj:
+def compact(**fields: Any) -> Obj:
     """An API object as the API client serializes one: camelCase keys, None fields left out."""
     return {key: value for key, value in fields.items() if value is not None}
 
 
-def _env(
+def container_env(
     pipeline: Pipeline, stage: Stage, attempt: int, store_endpoint: str | None, store_region: str | None,
     run_id: str = "",
 ) -> list[Obj]:
@@ -133,7 +138,8 @@ def _env(
     return env
 
 
-def _resources(stage: Stage) -> Obj:
+def container_resources(stage: Stage) -> Obj:
+    """Requests and limits of one node's container (memory request == limit, GPUs as limits)."""
     r = stage.resources
     requests: dict[str, str] = {}
     limits: dict[str, str] = {}
@@ -144,16 +150,17 @@ def _resources(stage: Stage) -> Obj:
         requests["memory"] = limits["memory"] = r.memory
     if r.gpus_per_node:
         limits[GPU_RESOURCE] = str(r.gpus_per_node)
-    return _compact(limits=limits or None, requests=requests or None)
+    return compact(limits=limits or None, requests=requests or None)
 
 
-def _tolerations(stage: Stage) -> list[Obj] | None:
+def pod_tolerations(stage: Stage) -> list[Obj] | None:
+    """The stage's tolerations, plus the usual nvidia.com/gpu taint for GPU stages."""
     tols: list[Toleration] = list(stage.resources.tolerations)
     # GPU pools are commonly tainted nvidia.com/gpu:NoSchedule; tolerate it unless the user did.
     if stage.resources.gpus_per_node and not any(t.key == GPU_RESOURCE for t in tols):
         tols.append(Toleration(key=GPU_RESOURCE, operator="Exists", effect="NoSchedule"))
     out = [
-        _compact(
+        compact(
             effect=t.effect,
             key=t.key,
             operator=t.operator,
@@ -165,7 +172,7 @@ def _tolerations(stage: Stage) -> list[Obj] | None:
     return out or None
 
 
-def _affinity(stage: Stage) -> Obj | None:
+def gpu_affinity(stage: Stage) -> Obj | None:
     """GPU stages prefer nodes that GPU feature discovery marks as GPU nodes."""
     if not stage.resources.gpus_per_node:
         return None
@@ -189,21 +196,21 @@ def _pod_template(
     nnodes = None if is_elastic(stage) else r.nodes  # elastic: the operator sets PET_NNODES=min:max
     container = {
         "command": launch_command(stage, nnodes=nnodes),
-        "env": _env(pipeline, stage, attempt, store_endpoint, store_region, run_id),
+        "env": container_env(pipeline, stage, attempt, store_endpoint, store_region, run_id),
         "image": r.image or pipeline.image,
         "name": CONTAINER,
-        "resources": _resources(stage),
+        "resources": container_resources(stage),
         "volumeMounts": [{"mountPath": "/dev/shm", "name": SHM_VOLUME}],
     }
-    shm = _compact(medium="Memory", sizeLimit=r.shm_size)
-    spec = _compact(
-        affinity=_affinity(stage),
-        containers=[_compact(**container)],
+    shm = compact(medium="Memory", sizeLimit=r.shm_size)
+    spec = compact(
+        affinity=gpu_affinity(stage),
+        containers=[compact(**container)],
         enableServiceLinks=False,
         nodeSelector=dict(r.node_selector) or None,
         priorityClassName=r.priority_class,
         terminationGracePeriodSeconds=TERMINATION_GRACE_SECONDS,
-        tolerations=_tolerations(stage),
+        tolerations=pod_tolerations(stage),
         volumes=[{"emptyDir": shm, "name": SHM_VOLUME}],
     )
     return {"metadata": {"annotations": {ANNOTATION_KIND: stage.kind}, "labels": dict(labels)}, "spec": spec}
@@ -214,13 +221,13 @@ def _run_policy(stage: Stage) -> Obj:
     scheduling = None
     if s.gang or s.queue or s.min_available or s.priority_class:
         replicas = r.nodes
-        scheduling = _compact(
+        scheduling = compact(
             # A gang starts all its pods or none: no half-started jobs holding GPUs.
             minAvailable=s.min_available or (elastic_bounds(stage)[0] if is_elastic(stage) else replicas),
             priorityClass=s.priority_class or r.priority_class,
             queue=s.queue,
         )
-    return _compact(
+    return compact(
         activeDeadlineSeconds=s.active_deadline_seconds,
         backoffLimit=min(IN_PLACE_RESTARTS, stage.retry.max_infra_retries),
         cleanPodPolicy=s.clean_pod_policy,
@@ -285,13 +292,13 @@ def build_pytorchjob(
         replica_specs = {"Master": _replica_spec(1, template)}
         if r.nodes > 1:
             replica_specs["Worker"] = _replica_spec(r.nodes - 1, template)
-    metadata = _compact(
+    metadata = compact(
         annotations={ANNOTATION_KIND: stage.kind},
         labels=labels,
         name=attempt_name(pipeline.run, stage.name, attempt),
         namespace=namespace or pipeline.namespace,
     )
-    spec = _compact(
+    spec = compact(
         elasticPolicy=elastic_policy,
         nprocPerNode=str(r.nproc_per_node),
         pytorchReplicaSpecs=replica_specs,
@@ -303,7 +310,13 @@ def build_pytorchjob(
 
 
 def replica_rank(labels: dict[str, str], has_master: bool = True) -> int:
-    """Node rank of an operator-created pod: master 0, worker-i i+1 (i in a worker-only job)."""
+    """Node rank of an operator-created pod: master 0, worker-i i+1 (i in a worker-only job); a
+    TrainJob's node pod: its Job completion index (what PET_NODE_RANK is set from)."""
+    if LABEL_COMPLETION_INDEX in labels:
+        try:
+            return int(labels[LABEL_COMPLETION_INDEX])
+        except ValueError:
+            return 0
     rtype = labels.get(LABEL_REPLICA_TYPE, "").lower()
     try:
         index = int(labels.get(LABEL_REPLICA_INDEX, "0") or 0)

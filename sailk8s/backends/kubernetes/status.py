@@ -8,7 +8,13 @@ from datetime import datetime
 from typing import Any
 
 from sailk8s.backends.base import AttemptStatus, Phase
-from sailk8s.backends.kubernetes.manifest import CONTAINER, LABEL_REPLICA_INDEX, LABEL_REPLICA_TYPE
+from sailk8s.backends.kubernetes.jobkinds import LABEL_COMPLETION_INDEX, TRAINER_NODE
+from sailk8s.backends.kubernetes.manifest import (
+    CONTAINER,
+    LABEL_KUEUE_QUEUE,
+    LABEL_REPLICA_INDEX,
+    LABEL_REPLICA_TYPE,
+)
 from sailk8s.exitcodes import FailureClass, classify_exit_code
 
 Obj = dict[str, Any]
@@ -33,9 +39,16 @@ def parse_time(value: str | None) -> float | None:
 
 
 def pod_order_key(pod: Obj) -> tuple[int, int, str]:
-    """Master first, then workers by index, so rank 0's evidence and logs come first."""
+    """Master (or a TrainJob's node 0) first, then workers by index, so rank 0's evidence and logs
+    come first."""
     meta = pod.get("metadata") or {}
     labels = meta.get("labels") or {}
+    if LABEL_COMPLETION_INDEX in labels:  # a TrainJob's node: the Job's completion index is its rank
+        try:
+            rank = int(labels[LABEL_COMPLETION_INDEX])
+        except ValueError:
+            rank = 0
+        return (0 if rank == 0 else 1, rank, str(meta.get("name", "")))
     rtype = str(labels.get(LABEL_REPLICA_TYPE, "")).lower()
     try:
         index = int(labels.get(LABEL_REPLICA_INDEX, "0"))
@@ -44,11 +57,13 @@ def pod_order_key(pod: Obj) -> tuple[int, int, str]:
     return (0 if rtype == "master" else 1, index, str(meta.get("name", "")))
 
 
-def _conditions(obj: Obj) -> dict[str, Obj]:
+def conditions(obj: Obj) -> dict[str, Obj]:
+    """An object's status conditions by type."""
     return {c.get("type", ""): c for c in (obj.get("status") or {}).get("conditions") or []}
 
 
-def _is_true(conds: dict[str, Obj], kind: str) -> bool:
+def is_true(conds: dict[str, Obj], kind: str) -> bool:
+    """Whether condition `kind` is there with status True."""
     return str((conds.get(kind) or {}).get("status")) == "True"
 
 
@@ -56,7 +71,7 @@ def _container_statuses(pod: Obj) -> list[Obj]:
     status = pod.get("status") or {}
     statuses = list(status.get("initContainerStatuses") or []) + list(status.get("containerStatuses") or [])
     # The training container first: its exit code is the one that classifies the attempt.
-    return sorted(statuses, key=lambda c: c.get("name") != CONTAINER)
+    return sorted(statuses, key=lambda c: c.get("name") not in (CONTAINER, TRAINER_NODE))
 
 
 @dataclass(frozen=True)
@@ -76,7 +91,7 @@ def _disruption(
 ) -> PodVerdict | None:
     status = pod.get("status") or {}
     target = conds.get("DisruptionTarget")
-    why = str((target or {}).get("reason", "")) if _is_true(conds, "DisruptionTarget") else ""
+    why = str((target or {}).get("reason", "")) if is_true(conds, "DisruptionTarget") else ""
     why = why or str(status.get("reason") or "")
     detail = (target or {}).get("message") or status.get("message") or why
     node = (pod.get("spec") or {}).get("nodeName") or "?"
@@ -203,7 +218,7 @@ def pod_verdict(
     the stage (batch size, resources.memory), and in-place restarts would only repeat it.
     """
     name = str((pod.get("metadata") or {}).get("name", "?"))
-    conds = _conditions(pod)
+    conds = conditions(pod)
     return (
         _disruption(name, pod, conds, now, node_lost_after)
         or _containers(name, pod)
@@ -212,9 +227,9 @@ def pod_verdict(
 
 
 def job_finished(job: Obj) -> bool:
-    """Whether the operator has marked the job Succeeded or Failed."""
-    conds = _conditions(job)
-    return _is_true(conds, "Succeeded") or _is_true(conds, "Failed")
+    """Whether the operator has marked the job Succeeded (a TrainJob: Complete) or Failed."""
+    conds = conditions(job)
+    return is_true(conds, "Succeeded") or is_true(conds, "Complete") or is_true(conds, "Failed")
 
 
 def failed_exit_code(pods: Iterable[Obj]) -> int | None:
@@ -226,6 +241,70 @@ def failed_exit_code(pods: Iterable[Obj]) -> int | None:
                 if isinstance(code, int) and code != 0:
                     return code
     return None
+
+
+def suspended_message(job: Obj, cond: Obj) -> str:
+    """Why a suspended job waits: Kueue admission when it names a queue (Kueue suspends it until then)."""
+    queue = ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_KUEUE_QUEUE)
+    if queue:
+        return f"waiting for Kueue admission (queue {queue})"
+    return str(cond.get("message") or "queued (suspended)")
+
+
+def pod_verdicts(
+    pods: Iterable[Obj],
+    now: float,
+    *,
+    unschedulable_after: float = DEFAULT_UNSCHEDULABLE_AFTER,
+    node_lost_after: float = DEFAULT_NODE_LOST_AFTER,
+) -> list[PodVerdict]:
+    """pod_verdict of each pod that says something, in the pods' order."""
+    out = (pod_verdict(p, now, unschedulable_after=unschedulable_after, node_lost_after=node_lost_after)
+           for p in pods)
+    return [v for v in out if v]
+
+
+def fatal_status(fatal: PodVerdict, t0: float | None, t1: float | None) -> AttemptStatus:
+    """The FAILED status a fatal pod verdict decides."""
+    return AttemptStatus(
+        Phase.FAILED,
+        reason=fatal.reason,
+        message=fatal.message,
+        failure=fatal.failure,
+        exit_code=fatal.exit_code,
+        details={"pod": fatal.pod},
+        started_at=t0,
+        finished_at=t1,
+    )
+
+
+def failed_condition_status(
+    cond: Obj, pods: Iterable[Obj], t0: float | None, t1: float | None
+) -> AttemptStatus:
+    """A job's Failed condition, classified by the failed rank's exit code (deadline: app)."""
+    text = str(cond.get("message") or "the job failed")
+    code = failed_exit_code(pods)
+    if "deadline" in text.lower() or cond.get("reason") == "DeadlineExceeded":
+        return AttemptStatus(
+            Phase.FAILED,
+            reason="DeadlineExceeded",
+            message=text,
+            failure=FailureClass.APP,
+            exit_code=code,
+            started_at=t0,
+            finished_at=t1,
+        )
+    # Without an exit code (pods already cleaned up) we cannot tell: count it as app.
+    failure = classify_exit_code(code) if code is not None else FailureClass.APP
+    return AttemptStatus(
+        Phase.FAILED,
+        reason="ExitCode" if code is not None else str(cond.get("reason")),
+        message=text if code is None else f"exit code {code}: {text}",
+        failure=failure or FailureClass.APP,
+        exit_code=code,
+        started_at=t0,
+        finished_at=t1,
+    )
 
 
 def derive_status(
@@ -246,9 +325,9 @@ def derive_status(
         return AttemptStatus(Phase.UNKNOWN, reason="NotFound", message="no such PyTorchJob")
     pods = sorted(pods, key=pod_order_key)
     status = job.get("status") or {}
-    conds = _conditions(job)
+    conds = conditions(job)
     t0, t1 = parse_time(status.get("startTime")), parse_time(status.get("completionTime"))
-    if _is_true(conds, "Succeeded"):
+    if is_true(conds, "Succeeded"):
         return AttemptStatus(
             Phase.SUCCEEDED,
             reason="Succeeded",
@@ -256,53 +335,16 @@ def derive_status(
             started_at=t0,
             finished_at=t1,
         )
-    verdicts = [
-        v
-        for v in (
-            pod_verdict(p, now, unschedulable_after=unschedulable_after, node_lost_after=node_lost_after)
-            for p in pods
-        )
-        if v
-    ]
+    verdicts = pod_verdicts(
+        pods, now, unschedulable_after=unschedulable_after, node_lost_after=node_lost_after
+    )
     fatal = next((v for v in [*verdicts, *seen] if v.fatal), None)
     if fatal is not None:
-        return AttemptStatus(
-            Phase.FAILED,
-            reason=fatal.reason,
-            message=fatal.message,
-            failure=fatal.failure,
-            exit_code=fatal.exit_code,
-            details={"pod": fatal.pod},
-            started_at=t0,
-            finished_at=t1,
-        )
-    if _is_true(conds, "Failed"):
-        cond = conds["Failed"]
-        text = str(cond.get("message") or "the job failed")
-        code = failed_exit_code(pods)
-        if "deadline" in text.lower() or cond.get("reason") == "DeadlineExceeded":
-            return AttemptStatus(
-                Phase.FAILED,
-                reason="DeadlineExceeded",
-                message=text,
-                failure=FailureClass.APP,
-                exit_code=code,
-                started_at=t0,
-                finished_at=t1,
-            )
-        # Without an exit code (pods already cleaned up) we cannot tell: count it as app.
-        failure = classify_exit_code(code) if code is not None else FailureClass.APP
-        return AttemptStatus(
-            Phase.FAILED,
-            reason="ExitCode" if code is not None else str(cond.get("reason")),
-            message=text if code is None else f"exit code {code}: {text}",
-            failure=failure or FailureClass.APP,
-            exit_code=code,
-            started_at=t0,
-            finished_at=t1,
-        )
+        return fatal_status(fatal, t0, t1)
+    if is_true(conds, "Failed"):
+        return failed_condition_status(conds["Failed"], pods, t0, t1)
     info = verdicts[0] if verdicts else None
-    if _is_true(conds, "Restarting"):
+    if is_true(conds, "Restarting"):
         return AttemptStatus(
             Phase.RUNNING,
             reason="Restarting",
@@ -310,7 +352,7 @@ def derive_status(
             started_at=t0,
             finished_at=t1,
         )
-    if _is_true(conds, "Running"):
+    if is_true(conds, "Running"):
         return AttemptStatus(
             Phase.RUNNING,
             reason="Running",
@@ -318,11 +360,11 @@ def derive_status(
             started_at=t0,
             finished_at=t1,
         )
-    if _is_true(conds, "Suspended"):
+    if is_true(conds, "Suspended"):
         return AttemptStatus(
             Phase.PENDING,
             reason="Suspended",
-            message=conds["Suspended"].get("message") or "queued (suspended)",
+            message=suspended_message(job, conds["Suspended"]),
             started_at=t0,
             finished_at=t1,
         )
@@ -344,7 +386,7 @@ def next_deadline(
     """When a time-based verdict (unschedulable, node not ready) would next turn fatal."""
     times: list[float] = []
     for pod in pods:
-        conds = _conditions(pod)
+        conds = conditions(pod)
         sched, ready = conds.get("PodScheduled") or {}, conds.get("Ready") or {}
         if str(sched.get("status")) == "False" and sched.get("reason") == "Unschedulable":
             since = parse_time(sched.get("lastTransitionTime"))

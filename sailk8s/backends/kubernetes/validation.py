@@ -22,26 +22,40 @@ RDZV_BACKENDS = ("c10d", "etcd", "etcd-v2")
 _DNS1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
 
+def name_errors(manifest: dict[str, Any]) -> list[str]:
+    """metadata.name must be a DNS-1035 label, as both operators require."""
+    name = (manifest.get("metadata") or {}).get("name") or ""
+    if len(name) > 63 or not _DNS1035.match(name):
+        return [
+            f"metadata.name: {name!r} is not a DNS-1035 label (lowercase letters, digits, '-', "
+            "starting with a letter, at most 63 characters)"
+        ]
+    return []
+
+
 class ManifestInvalid(BackendError):
     """A manifest we built breaks the CRD schema or a webhook rule (a bug or a bad spec)."""
 
-    def __init__(self, name: str, problems: list[str]) -> None:
-        super().__init__(f"PyTorchJob {name!r} is invalid: " + "; ".join(problems))
+    def __init__(self, name: str, problems: list[str], kind: str = "PyTorchJob") -> None:
+        super().__init__(f"{kind} {name!r} is invalid: " + "; ".join(problems))
         self.problems = problems
 
 
-def find_crd(path: str | os.PathLike[str] | None = None) -> Path | None:
+def find_crd(
+    path: str | os.PathLike[str] | None = None, filename: str = CRD_FILE, env_var: str = CRD_ENV
+) -> Path | None:
     """The CRD file: the given path, $SAIL_PYTORCHJOB_CRD, or ../shared/crds from the repo root.
 
-    The CRD (kubeflow.org_pytorchjobs.yaml of Training Operator v1.9) is data we do not ship.
+    The CRDs (kubeflow.org_pytorchjobs.yaml of Training Operator v1.9, trainer-v2/... of Trainer
+    v2.3) are data we do not ship; `filename` is relative to crds/, `env_var` names the override.
     """
     if path is not None:
         return Path(path)
-    env = os.environ.get(CRD_ENV)
+    env = os.environ.get(env_var) if env_var else None
     if env:
         return Path(env)
     repo_root = Path(__file__).resolve().parents[3]
-    candidate = repo_root.parent / "shared" / "crds" / CRD_FILE
+    candidate = repo_root.parent / "shared" / "crds" / filename
     return candidate if candidate.is_file() else None
 
 
@@ -51,7 +65,7 @@ def load_schema(path: str) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
-        raise BackendError(f"cannot read the PyTorchJob CRD at {path}: {err}") from None
+        raise BackendError(f"cannot read the CRD at {path}: {err}") from None
     except yaml.YAMLError as err:
         raise BackendError(f"{path} is not valid YAML: {err}") from None
     try:
@@ -81,17 +95,35 @@ def schema_errors(manifest: dict[str, Any], schema: dict[str, Any]) -> list[str]
     return out
 
 
+def unknown_field_errors(obj: Any, schema: dict[str, Any], where: str = "") -> list[str]:
+    """Fields the schema does not declare: the API server prunes them (or, with strict field
+    validation, as kubectl asks, rejects them), so a field there would silently do nothing."""
+    if schema.get("x-kubernetes-preserve-unknown-fields"):
+        return []
+    errs: list[str] = []
+    if isinstance(obj, dict) and "properties" in schema:
+        props = schema["properties"]
+        for key, value in obj.items():
+            path = f"{where}.{key}" if where else str(key)
+            if key in props:
+                errs += unknown_field_errors(value, props[key], path)
+            elif not schema.get("additionalProperties"):
+                errs.append(f"{path}: unknown field (the CRD schema does not declare it)")
+    elif isinstance(obj, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, value in obj.items():
+            errs += unknown_field_errors(value, schema["additionalProperties"], f"{where}.{key}")
+    elif isinstance(obj, list) and isinstance(schema.get("items"), dict):
+        for i, item in enumerate(obj):
+            errs += unknown_field_errors(item, schema["items"], f"{where}[{i}]")
+    return errs
+
+
 def webhook_errors(manifest: dict[str, Any]) -> list[str]:
     """The Training Operator v1.9 admission webhook's rules, plus enums the schema lacks."""
     errs: list[str] = []
     if manifest.get("apiVersion") != "kubeflow.org/v1" or manifest.get("kind") != "PyTorchJob":
         errs.append("apiVersion/kind: must be kubeflow.org/v1 PyTorchJob")
-    name = (manifest.get("metadata") or {}).get("name") or ""
-    if len(name) > 63 or not _DNS1035.match(name):
-        errs.append(
-            f"metadata.name: {name!r} is not a DNS-1035 label (lowercase letters, digits, '-', "
-            "starting with a letter, at most 63 characters)"
-        )
+    errs += name_errors(manifest)
     spec = manifest.get("spec") or {}
     specs = spec.get("pytorchReplicaSpecs") or {}
     if not specs:
