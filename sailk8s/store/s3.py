@@ -251,16 +251,7 @@ class S3Store(ObjectStore):
     def get(self, key: str) -> bytes:
         """Read a whole object; a truncated body raises inside urllib3 and is retried."""
         name = self._name(key)
-
-        def fetch() -> bytes:
-            resp = self._client.get_object(self.bucket, name)
-            try:
-                return bytes(resp.read())
-            finally:
-                resp.close()
-                resp.release_conn()
-
-        return self._call("get", key, fetch)
+        return self._call("get", key, lambda: _body(self._client.get_object(self.bucket, name)))
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         """A ranged GET (Range: bytes=start-end); empty when nothing is asked."""
@@ -268,16 +259,8 @@ class S3Store(ObjectStore):
         if not length:
             return b""
         name = self._name(key)
-
-        def fetch() -> bytes:
-            resp = self._client.get_object(self.bucket, name, offset=start, length=length)
-            try:
-                return bytes(resp.read())
-            finally:
-                resp.close()
-                resp.release_conn()
-
-        return self._call("get", key, fetch)
+        return self._call("get", key, lambda: _body(self._client.get_object(
+            self.bucket, name, offset=start, length=length)))
 
     def get_file(self, key: str, path: str | os.PathLike[str]) -> None:
         """Stream an object into a temp file beside path, then rename it into place."""
@@ -337,6 +320,15 @@ class S3Store(ObjectStore):
 def _etag(value: str | None) -> str:
     """An ETag without its quotes (servers differ in quoting it); '' if the server sent none."""
     return (value or "").strip('"')
+
+
+def _body(resp: Any) -> bytes:
+    """A GET response's whole body; the connection goes back to the pool."""
+    try:
+        return bytes(resp.read())
+    finally:
+        resp.close()
+        resp.release_conn()
 
 
 def _stream_to(resp: Any, f: IO[bytes]) -> None:
