@@ -214,7 +214,7 @@ def test_an_api_outage_longer_than_the_retry_bound_ends_in_one_clear_line(
     started = time.monotonic()
     with pytest.raises(BackendError) as info:
         got.extend(it)
-    assert time.monotonic() - started < 10  # retried within retry_seconds, then gave up
+    assert time.monotonic() - started < 30  # retried within retry_seconds (1.5 s), then gave up
     assert outage.hits >= 2
     assert got == ["before"]
     msg = str(info.value)
@@ -238,7 +238,7 @@ def test_a_stream_that_keeps_breaking_gives_up_in_bounded_time(
             got.append(line)
     assert got == ["only"]
     assert cut.hits >= 2
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 30  # bounded by retry_seconds (1.5 s), with room for a busy machine
 
 
 def test_fake_server_since_time_and_since_seconds(kube: FakeKubernetes, cluster: ClusterDriver) -> None:
