@@ -104,11 +104,14 @@ def test_cursor_without_stamps_resumes_by_count() -> None:
 def test_backoff_is_bounded_and_resets() -> None:
     b = Backoff(0.3)
     waits = []
-    while (w := b.next_wait()) is not None:
+    while True:
+        before = b.elapsed()  # read before the decision: a busy machine's late wake-ups don't count
+        if (w := b.next_wait()) is None:
+            break
+        assert before + w < 0.3  # never a wait that ends past the budget
         waits.append(w)
         time.sleep(w)
     assert waits and all(0 <= w <= 5.0 for w in waits)
-    assert b.elapsed() < 0.3 + 1e-3 + max(waits)
     b.reset()
     assert b.failures == 0 and b.remaining() > 0.25
 
