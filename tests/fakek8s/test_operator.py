@@ -290,15 +290,23 @@ def test_execute_mode_runs_torchrun_as_one_node(
 
 
 def test_execute_all_replicas_runs_every_pod(
-    kube: FakeKubernetes, core: client.CoreV1Api, custom: client.CustomObjectsApi
+    kube: FakeKubernetes, core: client.CoreV1Api, custom: client.CustomObjectsApi, tmp_path: Path
 ) -> None:
-    script = "import os; e = os.environ; print('rank', e['RANK'], 'of', e['PET_NNODES'], e['MASTER_ADDR'])"
+    # A PyTorchJob succeeds when its master does, and the operator then ends a worker still running:
+    # the master waits until the worker has printed (a busy machine could start the worker late).
+    printed = tmp_path / "worker-printed"
+    script = (
+        "import os, pathlib, time; e = os.environ\n"
+        "print('rank', e['RANK'], 'of', e['PET_NNODES'], e['MASTER_ADDR'], flush=True)\n"
+        f"flag = pathlib.Path({str(printed)!r})\n"
+        "if e['RANK'] != '0':\n    flag.touch()\n"
+        "while not flag.exists():\n    time.sleep(0.02)\n"
+    )
     with FakeTrainingOperator(kube, mode="execute", execute_replicas="all") as operator:
         _create(custom, pytorchjob("j1", ["python", "-c", script], workers=1))
         operator.wait_for_job("j1", timeout=120)
-        # A PyTorchJob succeeds when its master does: the worker may still be running (seen
-        # failing on a busy machine). Wait for the condition asserted, the worker's own end.
-        wait_for_phase(core, "j1-worker-0", "Succeeded", timeout=60)
+        # The worker's own end, before its log is read.
+        wait_for_phase(core, "j1-worker-0", "Succeeded")
     assert core.read_namespaced_pod_log("j1-master-0", "default").strip() == "rank 0 of 2 127.0.0.1"
     assert core.read_namespaced_pod_log("j1-worker-0", "default").strip() == "rank 1 of 2 127.0.0.1"
 
