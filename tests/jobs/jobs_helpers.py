@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 import tarfile
@@ -15,7 +14,8 @@ from typing import Any
 from PIL import Image
 
 from jobs.core import shards as sh
-from sailk8s.testing import wait_for
+from sailk8s.testing import stopping
+from sailk8s.testing.stopping import kill_once_stopped as kill_once_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,44 +122,8 @@ def start(env: dict[str, str]) -> subprocess.Popen[str]:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-# Runs a job module that stops itself (SIGSTOP) right after its `count`-th store write whose path
-# matches `pattern` (fnmatch): a test then kills it at that exact point, however busy the machine.
-_STOP_AFTER = """
-import fnmatch, os, runpy, signal, sys
-import sailk8s.store.local as local
-pattern, count, module = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-written = []
-real = local.write_atomic
-def write_atomic(path, *args, **kwargs):
-    result = real(path, *args, **kwargs)
-    if fnmatch.fnmatch(str(path), pattern):
-        written.append(path)
-        if len(written) == count:
-            os.kill(os.getpid(), signal.SIGSTOP)
-    return result
-local.write_atomic = write_atomic
-sys.argv = [module]
-runpy.run_module(module, run_name="__main__", alter_sys=True)
-"""
-
-
 def start_stopping_after(env: dict[str, str], pattern: str, count: int,
                          module: str = "jobs.filter") -> subprocess.Popen[str]:
-    """Start `module`; it stops itself after its `count`-th store write matching `pattern`."""
-    return subprocess.Popen([sys.executable, "-c", _STOP_AFTER, pattern, str(count), module], env=env,
-                            cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
-
-def kill_once_stopped(proc: subprocess.Popen[str], what: str) -> None:
-    """Wait until the job stopped itself (or ended), SIGKILL it, and check the kill is what ended it."""
-    def state() -> str:
-        try:
-            return Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return "gone"
-
-    wait_for(lambda: proc.poll() is not None or state() == "T", timeout=300, what=f"the job to stop ({what})")
-    if proc.poll() is None:
-        os.kill(proc.pid, signal.SIGKILL)
-    out, _ = proc.communicate()
-    assert proc.returncode == -signal.SIGKILL, f"{what}: the job ended before its stop point\n{out[-3000:]}"
+    """Start `module` (from the repository root); it stops itself after its `count`-th store
+    write matching `pattern` (see sailk8s.testing.stopping)."""
+    return stopping.start_stopping_after(env, pattern, count, module, cwd=ROOT)
