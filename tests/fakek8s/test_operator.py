@@ -105,7 +105,7 @@ def test_simulated_clock_runs_ten_minutes_fast(custom: client.CustomObjectsApi) 
     start = dt.datetime.fromisoformat(job["status"]["startTime"].replace("Z", "+00:00"))
     end = dt.datetime.fromisoformat(job["status"]["completionTime"].replace("Z", "+00:00"))
     # The full ten minutes ran, on the simulated clock: no more than the real time it took, sped up
-    # (a fixed upper bound failed when a busy machine delayed a reconcile: 0.1 s real is 2 min here).
+    # (a fixed upper bound breaks when a busy machine delays a reconcile: 0.1 s real is 2 min here).
     assert 590 <= (end - start).total_seconds() <= real * 1200 + 2
 
 
