@@ -7,6 +7,7 @@ from sailk8s.testing.apiserver import FakeKubernetes, RequestRecord
 from sailk8s.testing.clock import Clock, SimulatedClock
 from sailk8s.testing.faults import FaultPlan, RequestFault, WatchFault
 from sailk8s.testing.operator import FakeTrainingOperator
+from sailk8s.testing.waiting import wait_for
 
 __all__ = [
     "ApiError",
@@ -19,4 +20,5 @@ __all__ = [
     "SimulatedClock",
     "WatchFault",
     "behaviors",
+    "wait_for",
 ]

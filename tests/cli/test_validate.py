@@ -84,16 +84,20 @@ def test_help_is_fast_and_imports_no_ml_stack() -> None:
         "heavy = [m for m in ml if m in sys.modules]\n"
         "print('HEAVY', heavy, time.perf_counter() - t)"
     )
-    start = time.perf_counter()
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
-    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU time, not wall time: a busy machine stretches the wall clock, not the work done.
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert res.returncode == 0, res.stderr
     line = next(x for x in res.stdout.splitlines() if x.startswith("HEAVY"))
     assert "HEAVY []" in line, line
     for cmd in ("validate", "run", "status", "render", "logs"):
         assert cmd in res.stdout
     # Interpreter start-up included; a generous bound that still catches importing torch (~2 s+).
-    assert wall < 1.5, f"--help took {wall:.2f}s"
+    assert cpu < 1.5, f"--help took {cpu:.2f}s of CPU"
 
 
 def test_bad_sail_env_setting_is_one_line(tmp_path: Path) -> None:

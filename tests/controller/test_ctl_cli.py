@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from sailk8s.ledger.runstate import load_state
 from sailk8s.settings import Settings
 from sailk8s.spec import parse_pipeline
 from sailk8s.store.local import LocalStore
+from sailk8s.testing import wait_for
 
 
 def start(*args: str) -> subprocess.Popen[str]:
@@ -30,15 +30,6 @@ def start(*args: str) -> subprocess.Popen[str]:
 
 def events(out: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-
-def wait_for(cond: Any, timeout: float = 60, what: str = "condition") -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status_json(path: Path) -> dict[str, Any]:
@@ -120,15 +111,17 @@ def test_only_and_failure_classes_through_the_cli(tmp_path: Path, local_env: dic
 @pytest.mark.slow
 def test_killed_controller_restarts_and_adopts(tmp_path: Path, local_env: dict[str, Path],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    set_fake(monkeypatch, a={"sleep": 0.5})
+    gate = tmp_path / "gate"  # stage a holds its shards until the controller is dead (no race)
+    set_fake(monkeypatch, a={"sleep": 0.5, "gate": str(gate)})
     path = write_pipeline(tmp_path, local_env["store"])
     store = LocalStore(local_env["store"])
     proc = start("run", "-f", str(path))
     wait_for(lambda: list(local_env["local"].glob("*/r1/*/a/1/child.json")), what="stage a to start")
     a_dir = next(local_env["local"].glob("*/r1/*/a/1"))
     proc.send_signal(signal.SIGKILL)  # kill -9 the controller mid-run
-    proc.wait(timeout=10)
+    proc.wait(timeout=120)
     assert not (a_dir / "exit.json").exists()  # the attempt outlived its controller
+    gate.touch()
     res = sail("run", "-f", str(path))
     assert res.returncode == 0, res.stderr
     adopted = [e for e in events(res.stdout) if e["event"] == "attempt_adopted"]

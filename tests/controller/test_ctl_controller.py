@@ -180,7 +180,7 @@ def test_only_runs_the_selection(store: LocalStore, ft: FakeTime) -> None:
 
 
 def test_independent_stages_run_concurrently(store: LocalStore, ft: FakeTime) -> None:
-    both = threading.Barrier(2, timeout=10)
+    both = threading.Barrier(2, timeout=120)  # a hang guard: passes once both wait
 
     def meet(ref: AttemptRef) -> None:
         # Each stage's first wait blocks until the other stage is also waiting.

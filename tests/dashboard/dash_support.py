@@ -18,7 +18,6 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ import yaml
 from sailk8s.ledger import ProgressRecord, ShardLedger, StageResults
 from sailk8s.ledger.runstate import AttemptRecord, RunState, StageState, save_state
 from sailk8s.store.local import LocalStore
+from sailk8s.testing import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CTLJOBS = ROOT / "tests" / "controller"  # the fake workloads (ctljobs) the controller tests use
@@ -59,17 +59,6 @@ def artifacts_dir(name: str) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     return out
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 60, what: str = "condition") -> Any:
-    """Poll `cond` until it returns something truthy (returned); AssertionError after `timeout`."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_env(local_dir: Path, fake: dict[str, Any]) -> dict[str, str]:

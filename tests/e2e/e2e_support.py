@@ -13,8 +13,6 @@ import os
 import subprocess
 import sys
 import tarfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,17 +124,6 @@ def events(out: str) -> list[dict[str, Any]]:
             if "event" in obj and "run" in obj:
                 found.append(obj)
     return found
-
-
-def wait_for(cond: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll `cond` until it returns something truthy."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
 
 @dataclass

@@ -19,13 +19,13 @@ from e2e_support import (
     reduced_quickstart,
     sail,
     start_sail,
-    wait_for,
     write_pipeline,
 )
 
 from sailk8s.ledger.paths import StagePaths
 from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
+from sailk8s.testing import wait_for
 
 
 def kubectl_jobs(kubectl: str, cluster: Cluster, job_api: str) -> dict[str, str]:
@@ -96,7 +96,7 @@ def test_quickstart_on_the_fake_cluster_matches_the_local_backend(
                           "--wait=false"],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
-    wait_for(lambda: not cluster.pods(), timeout=30, what="the pods to be garbage-collected")
+    wait_for(lambda: not cluster.pods(), timeout=120, what="the pods to be garbage-collected")
     assert LocalStore(store).exists(StagePaths(RUN, "recaption").attempt_log(1, 0))
     logs = sail("logs", RUN, "recaption", "-p", str(path), env=env)
     assert logs.returncode == 0, logs.stderr

@@ -14,12 +14,12 @@ from e2e_support import (
     events,
     reduced_quickstart,
     start_sail,
-    wait_for,
     write_pipeline,
 )
 
 from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
+from sailk8s.testing import wait_for
 
 STAGE = "captioner"
 JOB = f"{RUN}-{STAGE}-1"

@@ -82,7 +82,7 @@ def test_a_killed_rank_leaves_no_engine_process(export: Path, tmp_path: Path) ->
     code, pids, log = run_rank(export, "kill", tmp_path)
     assert code == -signal.SIGKILL, log
     assert pids.get("engine"), "expected an engine process in multiprocessing mode\n" + log
-    survivors = gone_within(pids["engine"], 15)
+    survivors = gone_within(pids["engine"], 120)  # a hang guard: returns once they are gone
     for p in survivors:  # do not leak ~700 MB processes into the rest of the suite
         os.kill(p, signal.SIGKILL)
     assert survivors == []
@@ -92,4 +92,4 @@ def test_close_shuts_the_engine_processes_down(export: Path, tmp_path: Path) -> 
     code, pids, log = run_rank(export, "close", tmp_path)
     assert code == 0, log
     assert pids.get("engine") and pids.get("left") == [], log
-    assert gone_within(pids["engine"], 5) == []
+    assert gone_within(pids["engine"], 120) == []  # a hang guard: returns once they are gone

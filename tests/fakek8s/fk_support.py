@@ -57,8 +57,8 @@ def pytorchjob(
     }
 
 
-def wait_for_phase(core: client.CoreV1Api, pod: str, phase: str, timeout: float = 10.0) -> client.V1Pod:
-    """Poll until the pod exists and has `phase`."""
+def wait_for_phase(core: client.CoreV1Api, pod: str, phase: str, timeout: float = 120.0) -> client.V1Pod:
+    """Poll until the pod exists and has `phase` (`timeout`: a hang guard for a busy machine)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -73,7 +73,7 @@ def wait_for_phase(core: client.CoreV1Api, pod: str, phase: str, timeout: float 
         time.sleep(0.02)
 
 
-def wait_for_pod(core: client.CoreV1Api, pod: str, timeout: float = 10.0) -> client.V1Pod:
+def wait_for_pod(core: client.CoreV1Api, pod: str, timeout: float = 120.0) -> client.V1Pod:
     """Poll until the pod exists (in any phase)."""
     deadline = time.monotonic() + timeout
     while True:

@@ -28,7 +28,7 @@ def _kubectl(kubectl_bin: str, kubeconfig: Path, *args: str) -> subprocess.Compl
 def test_discovery_documents(kube: FakeKubernetes) -> None:
     def get(path: str, accept: str = "application/json") -> tuple[str, dict[str, object]]:
         request = urllib.request.Request(kube.url + path, headers={"Accept": accept})
-        with urllib.request.urlopen(request, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=60) as response:  # a hang guard
             return response.headers["Content-Type"], json.loads(response.read())
 
     assert get("/api")[1]["versions"] == ["v1"]

@@ -14,6 +14,8 @@ from typing import Any
 from PIL import Image
 
 from jobs.core import shards as sh
+from sailk8s.testing import stopping
+from sailk8s.testing.stopping import kill_once_stopped as kill_once_stopped
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -118,3 +120,10 @@ def report(store: Path, stage: str = "filter") -> dict:
 def start(env: dict[str, str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "jobs.filter"], env=env, cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def start_stopping_after(env: dict[str, str], pattern: str, count: int,
+                         module: str = "jobs.filter") -> subprocess.Popen[str]:
+    """Start `module` (from the repository root); it stops itself after its `count`-th store
+    write matching `pattern` (see sailk8s.testing.stopping)."""
+    return stopping.start_stopping_after(env, pattern, count, module, cwd=ROOT)

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ from jobs_helpers import (
     FILTERS,
     contract_env,
     kept_keys,
+    kill_once_stopped,
     make_corpus,
     output_digests,
     pattern_png,
@@ -23,6 +21,7 @@ from jobs_helpers import (
     report,
     run_job,
     start,
+    start_stopping_after,
 )
 from pydantic import ValidationError
 
@@ -187,15 +186,10 @@ def test_sigkill_mid_run_then_rerun_matches_uninterrupted(baseline, tmp_path: Pa
                        config={"filters": FILTERS})
     done_dir = tmp_path / "runs/t/filter/done"
     for kill_after_markers in (1, 3):
-        proc = start(env)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
-            if done_dir.exists() and len(list(done_dir.glob("*.json"))) >= kill_after_markers:
-                break
-            time.sleep(0.005)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        assert proc.returncode == -signal.SIGKILL
+        # The job stops itself right after its k-th done marker (a busy machine could otherwise let
+        # it run to the end between two looks), and is killed there.
+        proc = start_stopping_after(env, "*/runs/t/filter/done/*.json", kill_after_markers)
+        kill_once_stopped(proc, f"after marker {kill_after_markers}")
         assert len(list(done_dir.glob("*.json"))) < 6  # it really was interrupted
     res = run_job("jobs.filter", env)
     assert res.returncode == 0, res.stderr

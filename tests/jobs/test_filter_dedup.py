@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -13,12 +10,14 @@ from jobs_helpers import (
     FILTERS,
     contract_env,
     kept_keys,
+    kill_once_stopped,
     make_corpus,
     output_digests,
     pattern_png,
     report,
     run_job,
     start,
+    start_stopping_after,
 )
 
 from jobs.core import shards as sh
@@ -56,17 +55,6 @@ def test_same_survivors_at_world_sizes_one_two_and_three(single, tmp_path: Path,
     assert len(prefixes) == 1 and len(list((prefixes[0] / "adj").glob("*._done"))) == 5
 
 
-def _kill_when(proc: object, done: callable, what: str) -> None:  # type: ignore[valid-type]
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and proc.poll() is None:  # type: ignore[attr-defined]
-        if done():
-            break
-        time.sleep(0.002)
-    os.kill(proc.pid, signal.SIGKILL)  # type: ignore[attr-defined]
-    proc.communicate()  # type: ignore[attr-defined]
-    assert proc.returncode == -signal.SIGKILL, what  # type: ignore[attr-defined]
-
-
 # The first two passes, killed for real; the resolve's rounds and final decisions are cut at every
 # kind of write in tests/jobs/test_dedup_resolve.py.
 PASS_MARKERS = {"index": "*/index/*._done", "adj": "*/adj/*._done"}
@@ -80,8 +68,9 @@ def test_killed_in_a_dedup_pass_then_rerun_is_byte_identical(single, tmp_path: P
     make_corpus(tmp_path)
     dedup_dir = tmp_path / "runs/t/filter/dedup"
     pattern = PASS_MARKERS[pass_name]
-    proc = start(env_for(tmp_path))
-    _kill_when(proc, lambda: dedup_dir.exists() and any(dedup_dir.glob(pattern)), pass_name)
+    # The job stops itself right after the pass's first unit, and is killed there.
+    proc = start_stopping_after(env_for(tmp_path), "*/runs/t/filter/dedup/" + pattern, 1)
+    kill_once_stopped(proc, pass_name)
     finished = len(list(dedup_dir.glob(pattern)))
     assert 1 <= finished < (6 if pass_name == "index" else 5)  # it really was interrupted mid-pass
     assert not (tmp_path / "runs/t/filter/done").exists()

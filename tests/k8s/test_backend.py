@@ -18,6 +18,7 @@ from sailk8s.exitcodes import FailureClass
 from sailk8s.spec import Pipeline
 from sailk8s.store.base import ObjectStore
 from sailk8s.testing import podstatus as ps
+from sailk8s.testing import wait_for
 from sailk8s.testing.apiserver import FakeKubernetes
 
 
@@ -101,7 +102,7 @@ def test_persistent_5xx_gives_up_in_bounded_time(kube: FakeKubernetes, pipeline:
         BackendError, match=r"kept failing on create pytorchjobs.kubeflow.org .*500.*gave up after"
     ):
         submit(b, pipeline)
-    assert time.monotonic() - start < 10
+    assert time.monotonic() - start < 30  # retry_seconds is 1: bounded, with room for a busy machine
 
 
 # -- status: every failure mapping through the real client ------------------------------------
@@ -225,7 +226,7 @@ def test_wait_follows_a_job_to_success_and_archives_logs(
 
     kube.clear_requests()
     _later(0.3, lambda: _run_two_ranks(cluster, ref.name, "rank0 step 1\nrank0 done\n", "rank1 step 1\n"))
-    st = backend.wait(ref, timeout=20)
+    st = backend.wait(ref, timeout=120)
     assert st.phase == Phase.SUCCEEDED
     # Two lists + two watches (+ pod list and log reads for the archive): a constant, not a poll.
     assert kube.request_count(method="GET", path_contains="pytorchjobs") <= 3
@@ -246,7 +247,7 @@ def test_wait_archives_every_rank_when_the_pod_watch_runs_behind(
     ref = submit(backend, pipeline, "recaption")
     kube.faults.lag_watch(2.0, path="pods")
     _later(0.3, lambda: _run_two_ranks(cluster, ref.name, "rank0 done\n", "rank1 done\n"))
-    assert backend.wait(ref, timeout=20).phase == Phase.SUCCEEDED
+    assert backend.wait(ref, timeout=120).phase == Phase.SUCCEEDED
     assert store.get("runs/r1/recaption/attempts/1/logs/rank-0.log") == b"rank0 done\n"
     assert store.get("runs/r1/recaption/attempts/1/logs/rank-1.log") == b"rank1 done\n"
 
@@ -260,14 +261,14 @@ def test_wait_survives_watch_drops_and_410(
 
     def run_job() -> None:
         cluster.set_conditions(ref.name, "Created", "Running")
-        time.sleep(0.3)
+        wait_for(lambda: kube.open_watches() >= 2, what="the job and pod watches to be open")
         kube.close_watches()  # an API server restart ends every stream cleanly
         time.sleep(0.3)
         cluster.set_conditions(ref.name, "Created", "Running", "Succeeded")
 
     kube.clear_requests()
     _later(0.3, run_job)
-    assert backend.wait(ref, timeout=20).phase == Phase.SUCCEEDED
+    assert backend.wait(ref, timeout=120).phase == Phase.SUCCEEDED
     assert kube.request_count(method="GET", path_contains="pytorchjobs", watch=False) == 2  # re-listed once
     # The first list and the final settling list; a drop resumed from its RV adds no re-list.
     assert kube.request_count(method="GET", path_contains="pods", watch=False) == 2
@@ -281,7 +282,7 @@ def test_wait_timeout_returns_current_status(
     cluster.set_conditions(ref.name, "Created", "Running")
     start = time.monotonic()
     st = backend.wait(ref, timeout=0.5)
-    assert st.phase == Phase.RUNNING and time.monotonic() - start < 5
+    assert st.phase == Phase.RUNNING and time.monotonic() - start < 30  # the job never ends: no hang
 
 
 def test_wait_ends_a_job_that_failed_on_pod_evidence(
@@ -298,7 +299,7 @@ def test_wait_ends_a_job_that_failed_on_pod_evidence(
             lambda p: ps.waiting(p, T(), "gpu-node-0", "ErrImagePull", "manifest unknown"),
         ),
     )
-    st = backend.wait(ref, timeout=20)
+    st = backend.wait(ref, timeout=120)
     assert (st.phase, st.reason, st.failure) == (Phase.FAILED, "ErrImagePull", FailureClass.PERMANENT)
     assert cluster.job(ref.name) is None  # deleted: no half-started gang left holding GPUs
 
@@ -318,9 +319,9 @@ def test_wait_on_unschedulable_gang_uses_time_not_polling(
     now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     cluster.add_pod(ref.name, "master", 0, lambda p: ps.unschedulable(p, now, "Insufficient nvidia.com/gpu"))
     start = time.monotonic()
-    st = b.wait(ref, timeout=20)
+    st = b.wait(ref, timeout=120)
     assert (st.reason, st.failure) == ("Unschedulable", FailureClass.INFRA)
-    assert time.monotonic() - start < 10  # woke at the deadline, not at recheck_seconds
+    assert time.monotonic() - start < 25  # woke at the deadline (1.5 s), not at recheck_seconds (30 s)
 
 
 def test_wait_reports_a_job_deleted_by_someone_else(
@@ -329,7 +330,7 @@ def test_wait_reports_a_job_deleted_by_someone_else(
     ref = submit(backend, pipeline)
     cluster.set_conditions(ref.name, "Created", "Running")
     _later(0.3, lambda: kube.state.delete(cluster.jobs, "sail", ref.name))
-    st = backend.wait(ref, timeout=20)
+    st = backend.wait(ref, timeout=120)
     assert (st.phase, st.reason) == (Phase.CANCELLED, "Deleted")
 
 
@@ -338,7 +339,7 @@ def test_wait_gives_up_when_the_api_goes_away(kube: FakeKubernetes, pipeline: Pi
     ref = submit(b, pipeline)
     kube.faults.fail(503, times=None, path="pytorchjobs")
     with pytest.raises(BackendError, match=r"kept failing on watch pytorchjobs.kubeflow.org .*503"):
-        b.wait(ref, timeout=20)
+        b.wait(ref, timeout=120)
 
 
 # -- cancel and logs --------------------------------------------------------------------------

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +14,7 @@ from train_helpers import ROOT, read_json, run_stage, run_stage_torchrun, stage_
 from sailk8s import exitcodes
 from sailk8s.errors import ConfigError
 from sailk8s.spec import parse_pipeline
+from sailk8s.testing.stopping import kill_once_stopped, start_stopping_after
 
 pytestmark = pytest.mark.slow
 
@@ -54,14 +52,11 @@ def test_interrupted_and_resumed_run_reaches_the_same_final_loss(sample_store: P
 
     spec = _pretrain("pt-c", max_steps=30, every=4)
     env = stage_process_env(sample_store, "t", spec)
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.pretrain"], env=env, cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = sample_store / "runs/t/pt-c/ckpt/step-00000011/manifest.json"
-    deadline = time.monotonic() + 120
-    while not manifest.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    os.kill(proc.pid, signal.SIGKILL)  # a preemption right after a checkpoint
-    proc.wait()
+    # A preemption right after a checkpoint: the job stops itself once the manifest is written
+    # (a busy machine could let it train on, or finish, between two looks), and is killed there.
+    proc = start_stopping_after(env, "*/runs/t/pt-c/ckpt/step-00000011/manifest.json", 1, "jobs.pretrain",
+                                cwd=ROOT)
+    kill_once_stopped(proc, "after the step-11 checkpoint")
     assert not (sample_store / "runs/t/pt-c/report.json").exists(), "the run finished before the kill"
 
     resumed = run_stage(sample_store, spec, attempt=2)

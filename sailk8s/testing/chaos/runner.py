@@ -145,7 +145,18 @@ def allowed_classes(scenario: Scenario, fired: list[str], stages: list[str]) -> 
     return allowed
 
 
-def _cluster_leftovers(w: World) -> list[str]:
+def _cluster_leftovers(w: World, wait: float = 60.0) -> list[str]:
+    """Pods still running or pending and leases still held, once `wait` seconds have not cleared
+    them (deletion and garbage collection are asynchronous: a busy machine makes them late)."""
+    deadline = time.monotonic() + wait
+    while True:
+        bad = _cluster_leftovers_now(w)
+        if not bad or time.monotonic() > deadline:
+            return bad
+        time.sleep(0.2)
+
+
+def _cluster_leftovers_now(w: World) -> list[str]:
     if w.kube is None:
         return []
     bad = []

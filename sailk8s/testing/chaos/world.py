@@ -168,8 +168,9 @@ class World:
         return [p.read_text(errors="replace") for p in sorted(self.workdir.glob("controller-*.log"),
                                                               key=lambda p: int(p.stem.split("-")[1]))]
 
-    def leftovers(self, wait: float = 15.0) -> list[Proc]:
-        """Tagged processes still alive after `wait` seconds."""
+    def leftovers(self, wait: float = 60.0) -> list[Proc]:
+        """Tagged processes still alive after `wait` seconds (returns as soon as none is: the wait
+        is a guard against a busy machine's slow exits, not a bound)."""
         deadline = time.monotonic() + wait
         while True:
             left = tagged(self.tag)

@@ -25,6 +25,9 @@ def main() -> int:
     if fail_code is not None and rank == fail_rank and int(conf.get("fail_after", 0)) == 0:
         print(f"failing with exit code {fail_code}", flush=True)
         return int(fail_code)
+    if conf.get("gate"):  # hold every shard until the test opens the gate (a file appears)
+        while not os.path.exists(conf["gate"]):
+            time.sleep(0.05)
     done_here = 0
     for i in range(shards):
         if i % world != rank:
