@@ -15,13 +15,12 @@ from e2e_support import (
     events,
     sail,
     start_sail,
-    wait_for,
     write_pipeline,
 )
 
 from sailk8s.ledger.runstate import load_state
 from sailk8s.store.local import LocalStore
-from sailk8s.testing import behaviors
+from sailk8s.testing import behaviors, wait_for
 
 SMALL = {
     "raw_digits": 4,
@@ -84,7 +83,7 @@ def test_cancel_stops_the_running_job_and_keeps_its_logs(
     evs = events((tmp_path / "run.log").read_text())
     assert evs[-1]["event"] == "run_finished" and evs[-1]["status"] == "cancelled", evs[-3:]
     assert cluster.jobs(job_api) == []  # deleted with foreground propagation ...
-    wait_for(lambda: not cluster.pods(), timeout=30, what="the pods to be garbage-collected")  # ... pods too
+    wait_for(lambda: not cluster.pods(), timeout=120, what="the pods to be garbage-collected")  # ... pods too
     state = load_state(LocalStore(store), RUN)
     assert state is not None and state.stages["long"].state == "cancelled"
 
