@@ -39,7 +39,7 @@ class DedupPlan:
     Partitions double as the resolve's node buckets and the decisions' shard groups, so every
     object's place depends on the config alone, never on the world size. A killed rank's
     half-written unit has no marker and is simply redone (the same bytes: every step is a pure
-    function of its inputs). Arrays travel as .npy/.npz (numpy, no pickle).
+    function of its inputs). Arrays travel as .npy blobs (numpy, no pickle, no zip).
     """
 
     prefix: str  # ends with "/": StageResults.derived_prefix, keyed by config and input identity
@@ -67,7 +67,7 @@ class DedupPlan:
         return f"{self.prefix}cc/{t:04d}/"
 
     def cc_labels(self, t: int, bucket: int) -> str:
-        return f"{self.cc_prefix(t)}{bucket:05d}.labels.npz"
+        return f"{self.cc_prefix(t)}{bucket:05d}.labels.bin"
 
     def cc_out(self, t: int, bucket: int) -> str:
         return f"{self.cc_prefix(t)}{bucket:05d}.out.bin"
@@ -96,10 +96,19 @@ class DedupPlan:
 
 
 # -- packed objects ---------------------------------------------------------------------------
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)  # type: ignore[arg-type]  # numpy's stub misreads **kwargs
-    return buf.getvalue()
+def _arrays(*arrays: np.ndarray) -> bytes:
+    """Arrays as .npy blobs end to end: the same bytes for equal arrays whatever the Python
+    (an .npz is a zip, whose zip64 fields differ between Python patch releases)."""
+    return b"".join(_npy(a) for a in arrays)
+
+
+def _read_arrays(data: bytes, count: int) -> list[np.ndarray]:
+    """The `count` arrays of an `_arrays` blob, in order."""
+    f = io.BytesIO(data)
+    found = [np.lib.format.read_array(f, allow_pickle=False) for _ in range(count)]
+    if f.tell() != len(data):
+        raise ValueError(f"{len(data) - f.tell()} bytes after the {count} arrays expected")
+    return found
 
 
 def _npy(array: np.ndarray) -> bytes:
@@ -143,7 +152,7 @@ def read_chunk(store: ObjectStore, key: str, span: tuple[int, int]) -> bytes:
 def write_index(store: ObjectStore, plan: DedupPlan, shard: str, parts: dict[int, dg.Records]) -> None:
     """One shard's index: a chunk per non-empty partition."""
     write_packed(store, plan.index_key(shard), plan.index_done(shard),
-                 {part: _npz({f: getattr(rec, f) for f in _FIELDS}) for part, rec in parts.items()})
+                 {part: _arrays(*(getattr(rec, f) for f in _FIELDS)) for part, rec in parts.items()})
 
 
 def indexed_parts(store: ObjectStore, plan: DedupPlan, shard: str) -> Spans | None:
@@ -161,8 +170,7 @@ def read_partition(store: ObjectStore, plan: DedupPlan, part: int, parts_of: dic
     for shard in plan.shards:
         if part in parts_of[shard]:
             data = read_chunk(store, plan.index_key(shard), parts_of[shard][part])
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                found.append(dg.Records(*(z[f] for f in _FIELDS)))
+            found.append(dg.Records(*_read_arrays(data, len(_FIELDS))))
     return dg.Records.concat(found, plan.hash_bytes)
 
 
@@ -203,11 +211,10 @@ def cc_round(store: ObjectStore, plan: DedupPlan, t: int, bucket: int,
         nodes, labels, changed = cc.start(adj)
     else:
         adj = _array(store.get(plan.cc_adj(bucket)))
-        with np.load(io.BytesIO(store.get(plan.cc_labels(t - 1, bucket))), allow_pickle=False) as z:
-            nodes, labels = z["nodes"], z["labels"]
+        nodes, labels = _read_arrays(store.get(plan.cc_labels(t - 1, bucket)), 2)
         labels, changed = cc.absorb(nodes, labels, np.concatenate([np.empty((0, 2), np.uint64), *parts]))
     out = cc.outbox(adj, nodes, labels, changed, plan.partitions)
-    store.put(plan.cc_labels(t, bucket), _npz({"nodes": nodes, "labels": labels}))
+    store.put(plan.cc_labels(t, bucket), _arrays(nodes, labels))
     write_packed(store, plan.cc_out(t, bucket), plan.cc_done(t, bucket), {d: _npy(m) for d, m in out.items()},
                  nodes=len(nodes), sent=sum(len(m) for m in out.values()))
 
@@ -232,10 +239,9 @@ def cc_markers(store: ObjectStore, plan: DedupPlan, t: int) -> dict[int, dict[st
 def write_final(store: ObjectStore, plan: DedupPlan, t: int, bucket: int) -> None:
     """A bucket's drops once its round-t labels are final, a chunk per shard group."""
     adj = _array(store.get(plan.cc_adj(bucket)))
-    with np.load(io.BytesIO(store.get(plan.cc_labels(t, bucket))), allow_pickle=False) as z:
-        dropped, reasons = cc.decisions(adj, z["nodes"], z["labels"])
+    dropped, reasons = cc.decisions(adj, *_read_arrays(store.get(plan.cc_labels(t, bucket)), 2))
     groups = ((dropped >> np.uint64(32)) % np.uint64(plan.partitions)).astype(np.int64)
-    chunks = {int(g): _npz({"gids": dropped[groups == g], "reasons": reasons[groups == g]})
+    chunks = {int(g): _arrays(dropped[groups == g], reasons[groups == g])
               for g in np.unique(groups)}
     write_packed(store, plan.final_key(bucket), plan.final_done(bucket), chunks, dropped=len(dropped),
                  exact=int((reasons == dg.EXACT).sum()))
@@ -264,9 +270,9 @@ class DroppedLookup:
             for b, m in sorted(self.markers.items()):
                 if group in m["chunks"]:
                     data = read_chunk(self.store, self.plan.final_key(b), m["chunks"][group])
-                    with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                        gids.append(z["gids"])
-                        reasons.append(z["reasons"])
+                    g, r = _read_arrays(data, 2)
+                    gids.append(g)
+                    reasons.append(r)
             g, r = np.concatenate(gids), np.concatenate(reasons)
             order = np.argsort(g)
             self._group = (group, g[order], r[order])
