@@ -86,9 +86,13 @@ class DedupPlan:
         """Each shard's place in `shards`: the high half of its samples' gids."""
         return {s: i for i, s in enumerate(self.shards)}
 
+    def groups_of(self, gids: np.ndarray) -> np.ndarray:
+        """The shard group of each gid: its shard's rank modulo the partitions."""
+        return ((gids >> np.uint64(32)) % np.uint64(self.partitions)).astype(np.int64)
+
     def group_of(self, shard: str) -> int:
-        """The shard group whose decision chunks hold a shard's drops."""
-        return self.shard_rank[shard] % self.partitions
+        """The shard group whose decision chunks hold a shard's drops (as groups_of its gids)."""
+        return int(self.groups_of(dg.gid(self.shard_rank[shard], 0)))
 
     def owned(self, rank: int, world: int) -> list[int]:
         """The partitions (and buckets) rank r works on: r, r + W, r + 2W, ..."""
@@ -240,7 +244,7 @@ def write_final(store: ObjectStore, plan: DedupPlan, t: int, bucket: int) -> Non
     """A bucket's drops once its round-t labels are final, a chunk per shard group."""
     adj = _array(store.get(plan.cc_adj(bucket)))
     dropped, reasons = cc.decisions(adj, *_read_arrays(store.get(plan.cc_labels(t, bucket)), 2))
-    groups = ((dropped >> np.uint64(32)) % np.uint64(plan.partitions)).astype(np.int64)
+    groups = plan.groups_of(dropped)
     chunks = {int(g): _arrays(dropped[groups == g], reasons[groups == g])
               for g in np.unique(groups)}
     write_packed(store, plan.final_key(bucket), plan.final_done(bucket), chunks, dropped=len(dropped),
