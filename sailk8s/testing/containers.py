@@ -8,6 +8,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 from collections.abc import Callable, Mapping
@@ -30,6 +31,28 @@ def podman_available(podman: str = "podman") -> bool:
         return subprocess.run([podman, "info"], capture_output=True, timeout=60).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def ci_image(name: str) -> str:
+    """The image `make images-test` builds for `name` (filter, train, caption, controller);
+    SAIL_TEST_IMAGE_PREFIX and SAIL_TEST_IMAGE_TAG point tests at others."""
+    prefix = os.environ.get("SAIL_TEST_IMAGE_PREFIX", "localhost/sail/sail-")
+    return f"{prefix}{name}:{os.environ.get('SAIL_TEST_IMAGE_TAG', 'ci')}"
+
+
+def images_present(images: list[str], podman: str = "podman") -> bool:
+    """Whether podman runs here and has every one of `images` in local storage."""
+    return podman_available(podman) and all(
+        subprocess.run([podman, "image", "exists", i], capture_output=True).returncode == 0 for i in images
+    )
+
+
+def fake_pod_containers(prefix: str = "", podman: str = "podman") -> list[str]:
+    """Names of the containers a fake kubelet started that still exist (running or not), those
+    whose name (`<pod>-<hex>`) starts with `prefix`."""
+    argv = [podman, "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}"]
+    res = subprocess.run(argv, capture_output=True, text=True)
+    return [name for name in res.stdout.split() if name.startswith(prefix)]
 
 
 def image_user(image: str, podman: str = "podman") -> str | None:
@@ -112,6 +135,82 @@ class MemoryCgroup:
                     os.rmdir(dirpath)
 
 
+def memory_cgroup_of(pid: int) -> str | None:
+    """The folder of the memory cgroup `pid` is in (cgroup v1's memory hierarchy, or v2's)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as fh:
+            lines = [line.rstrip("\n").split(":", 2) for line in fh]
+    except OSError:
+        return None
+    root = MemoryCgroup.memory_root()
+    for _id, controllers, path in lines:
+        if root is not None and "memory" in controllers.split(","):
+            return os.path.join(root, path.lstrip("/"))
+        if root is None and controllers == "":  # unified hierarchy: one line, "0::/path"
+            return os.path.join("/sys/fs/cgroup", path.lstrip("/"))
+    return None
+
+
+# Run by `oom_kill` in the victim's memory cgroup: it writes a memfd 1 MiB at a time until the
+# victim is gone (or `cap` bytes are written, or the deadline passes), then exits: 0 once the
+# victim is gone, else 3. The memfd's pages are charged to the cgroup but are not in the filler's
+# RSS, so the OOM killer's choice is not the filler (it cannot be made -1000 without
+# CAP_SYS_RESOURCE); small writes let it stop as soon as the victim is gone.
+_FILLER = """
+import os, sys, time
+procs, victim, cap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+deadline = time.monotonic() + float(sys.argv[4])
+with open(procs, "w") as fh:
+    fh.write(str(os.getpid()))
+def alive():
+    try:
+        with open(f"/proc/{victim}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return False
+fd, chunk, written = os.memfd_create("sail-oom-filler"), b"\\1" * (1 << 20), 0
+while alive() and written < cap and time.monotonic() < deadline:
+    written += os.write(fd, chunk)
+sys.exit(0 if not alive() else 3)
+"""
+
+
+def memory_limit(folder: str) -> int | None:
+    """The tightest memory limit on a cgroup folder and its parents (None: unlimited)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    limits = []
+    while folder.startswith("/sys/fs/cgroup/") and os.path.isdir(folder):
+        for name in ("memory.limit_in_bytes", "memory.max"):  # v1, v2
+            with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, name)) as fh:
+                limits.append(int(fh.read().strip()))  # v2's "max" is no limit: ValueError
+        folder = os.path.dirname(folder)
+    limit = min(limits, default=total)
+    return limit if limit < total else None
+
+
+def oom_kill(pid: int, *, most: int = 8 << 30, timeout: float = 60.0) -> bool:
+    """Make the kernel's OOM killer kill `pid`, as a memory spike at its limit would: `pid` is made
+    the OOM killer's first choice (oom_score_adj 1000, which outweighs any usage under the limit),
+    and a filler process joins `pid`'s memory cgroup and fills memory until the limit is hit.
+    Needs root, and a memory limit of at most `most` bytes on that cgroup or above it (the filler
+    may take that much: OSError otherwise). True once `pid` is gone."""
+    folder = memory_cgroup_of(pid)
+    limit = None if folder is None else memory_limit(folder)
+    if folder is None or limit is None or limit > most:
+        raise OSError(f"process {pid} has no memory limit of at most {most} bytes to be OOM-killed at")
+    with open(f"/proc/{pid}/oom_score_adj", "w") as fh:
+        fh.write("1000")
+    procs = os.path.join(folder, "cgroup.procs")
+    filler = subprocess.run(
+        [sys.executable, "-c", _FILLER, procs, str(pid), str(limit), str(timeout)],
+        capture_output=True,
+        timeout=timeout + 30,
+    )
+    if filler.returncode not in (0, 3):
+        raise OSError(f"the memory filler failed: {filler.stderr.decode(errors='replace')[-500:]}")
+    return filler.returncode == 0
+
+
 class PodContainer(PodProcess):
     """One pod's container under `podman run` (attached: its output is the pod log).
 
@@ -137,6 +236,7 @@ class PodContainer(PodProcess):
         self._scratch = list(scratch or [])
         self._memcg: MemoryCgroup | None = None
         self._oom = False
+        self._paused = False
         self._finished = False
         self._cleanup_lock = threading.Lock()
         options = [*plan.options, f"--label={LABEL}={name}"]
@@ -149,8 +249,11 @@ class PodContainer(PodProcess):
                 options += [f"--memory={plan.memory_limit}", f"--memory-swap={plan.memory_limit}"]
         # The env values travel in podman's environment (`--env NAME` copies them), never in argv.
         argv = [podman, "run", *options, image, *plan.args]
+        # conmon writes a file named `oom` into its working directory when the container is
+        # OOM-killed: give it a folder of its own, removed with the container.
+        self._scratch.append(tempfile.mkdtemp(prefix="sail-fake-conmon-"))
         try:
-            super().__init__(argv, {**os.environ, **env}, None, on_output)
+            super().__init__(argv, {**os.environ, **env}, self._scratch[-1], on_output)
         except OSError:
             self._cleanup()
             raise
@@ -188,9 +291,18 @@ class PodContainer(PodProcess):
         for folder in self._scratch:
             shutil.rmtree(folder, ignore_errors=True)
 
+    def pause(self, paused: bool = True) -> None:
+        """`podman pause` (the cgroup freezer) or `podman unpause`."""
+        if self._proc.poll() is None:
+            verb = "pause" if paused else "unpause"
+            subprocess.run([self.podman, verb, self.name], capture_output=True, timeout=60)
+            self._paused = paused
+
     def kill(self, grace: float = 2.0) -> None:
         """`podman stop` (SIGTERM, then SIGKILL after `grace`), then remove the container."""
         if self._proc.poll() is None:
+            if self._paused:  # a frozen container cannot take its SIGTERM
+                subprocess.run([self.podman, "unpause", self.name], capture_output=True, timeout=60)
             subprocess.run(
                 [self.podman, "stop", f"--time={math.ceil(grace)}", self.name],
                 capture_output=True,

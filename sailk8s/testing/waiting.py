@@ -38,3 +38,14 @@ def wait_for(
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what} (last: {last!r})")
         time.sleep(interval)
+
+
+def until_empty(probe: Callable[[], list[T]], timeout: float = 60.0, interval: float = 0.2) -> list[T]:
+    """Poll `probe` until it returns an empty list or `timeout` passes; return what it last found
+    (what is left over once asynchronous clean-up has had `timeout` seconds: a guard, not a bound)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(interval)

@@ -9,11 +9,14 @@ import pytest
 from sailk8s.spec import parse_pipeline
 from sailk8s.testing.chaos import Snapshot, chaos_pipeline, snapshot, world
 from sailk8s.testing.chaos.world import tagged
+from sailk8s.testing.containers import ci_image, images_present
 
 ROOT = Path(__file__).resolve().parents[2]
-# CI (`make test`) runs these, a few minutes on 2 cores; `--seeds N` runs seeds 1..N on both backends,
-# `--seed S` (repeatable) the seeds named.
-CI_SEEDS = {"local": (37, 96), "kubernetes": (1,)}
+# CI (`make test`) runs these, a few minutes on 2 cores; `--seeds N` runs seeds 1..N on every backend,
+# `--seed S` (repeatable) the seeds named. In containers CI runs test_chaos_containers' fixed scenarios.
+CI_SEEDS = {"local": (37, 96), "kubernetes": (1,), "containers": ()}
+NO_IMAGES = pytest.mark.skipif(not images_present([ci_image("filter"), ci_image("train")]),
+                               reason="needs podman, sail-filter and sail-train (make images-test)")
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,9 +30,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     count = metafunc.config.getoption("--seeds")
     chosen = metafunc.config.getoption("--seed")
     params = []
-    for backend in ("local", "kubernetes"):
+    for backend in ("local", "kubernetes", "containers"):
         seeds = chosen or (range(1, count + 1) if count else CI_SEEDS[backend])
-        params += [pytest.param(backend, s, id=f"{backend}-{s}", marks=pytest.mark.slow) for s in seeds]
+        marks = [pytest.mark.slow, *([NO_IMAGES] if backend == "containers" else [])]
+        params += [pytest.param(backend, s, id=f"{backend}-{s}", marks=marks) for s in seeds]
     metafunc.parametrize(("backend", "seed"), params)
 
 

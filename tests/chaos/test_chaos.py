@@ -18,7 +18,8 @@ def test_seeded_scenario(backend: str, seed: int, tmp_path: Path, reference: Sna
     scenario = draw(seed, backend, CHAOS_SHAPES)
     doc = chaos_pipeline(backend)
     with world(tmp_path, backend, ROOT) as w:
-        result = run_scenario(w, doc, parse_pipeline(doc), scenario, reference)
+        result = run_scenario(w, doc, parse_pipeline(doc), scenario, reference,
+                              timeout=600 if backend == "containers" else 420)
         print(result.summary())
         logs = "\n".join(w.logs())[-6000:]
     assert result.violations == [], f"{result.summary()}\n{logs}"

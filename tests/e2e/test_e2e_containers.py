@@ -13,8 +13,6 @@ import base64
 import hashlib
 import io
 import json
-import os
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,13 +24,11 @@ from e2e_support import NAMESPACE, SECRET, Cluster, events, sail, sail_env, writ
 
 from sailk8s.ledger.runstate import load_state
 from sailk8s.testing import FakeKubernetes, FakeTrainingOperator
-from sailk8s.testing.containers import LABEL, podman_available
+from sailk8s.testing.containers import ci_image, fake_pod_containers, images_present
 from sailk8s.testing.history import WatchEvent
 from sailk8s.testing.s3 import S3Server, s3_server
 
-PREFIX = os.environ.get("SAIL_TEST_IMAGE_PREFIX", "localhost/sail/sail-")
-TAG = os.environ.get("SAIL_TEST_IMAGE_TAG", "ci")
-IMAGES = {"filter": f"{PREFIX}filter:{TAG}", "train": f"{PREFIX}train:{TAG}"}
+IMAGES = {"filter": ci_image("filter"), "train": ci_image("train")}
 RUN = "ctr"
 # Fields that differ between two runs of one pipeline (wall-clock times, rates, where it ran).
 VOLATILE = frozenset({"time", "updated_at", "started_at", "finished_at", "elapsed", "elapsed_seconds",
@@ -45,15 +41,10 @@ OOM_MEMORY = "256Mi"  # torch alone needs more: the sft dies while it loads
 MEMORY = "3Gi"
 
 
-def _images_present() -> bool:
-    return all(subprocess.run(["podman", "image", "exists", i], capture_output=True).returncode == 0
-               for i in IMAGES.values())
-
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(900),
-    pytest.mark.skipif(not (podman_available() and _images_present()),
+    pytest.mark.skipif(not images_present(list(IMAGES.values())),
                        reason=f"needs podman and the images {sorted(IMAGES.values())} (make images-test)"),
 ]
 
@@ -235,8 +226,6 @@ def test_stages_run_in_their_images_against_s3(tmp_path: Path, s3: S3Server,
     assert any(k.startswith("models/sft/") and k.endswith(".safetensors") for k in ours)
     assert sorted(ours) == sorted(reference)
     assert [k for k, v in ours.items() if v != reference[k]] == []
-    leftovers = subprocess.run(["podman", "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}"],
-                               capture_output=True, text=True).stdout.split()
-    assert leftovers == []
+    assert fake_pod_containers(f"{RUN}-") == []
     print(f"\ncontainer e2e: local run {local_seconds:.0f} s, containers with the OOM run "
           f"{container_seconds:.0f} s, whole test {time.monotonic() - started:.0f} s")

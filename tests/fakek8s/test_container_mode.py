@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,13 +15,17 @@ from kubernetes import client
 
 from sailk8s.backends.kubernetes.status import derive_status
 from sailk8s.exitcodes import FailureClass
-from sailk8s.testing import FakeKubernetes, FakeTrainingOperator
+from sailk8s.testing import FakeKubernetes, FakeTrainingOperator, wait_for
 from sailk8s.testing.containerargs import PodSpecError, plan_container
-from sailk8s.testing.containers import LABEL, podman_available
-
-IMAGE = os.environ.get("SAIL_TEST_IMAGE_PREFIX", "localhost/sail/sail-") + "train:" + os.environ.get(
-    "SAIL_TEST_IMAGE_TAG", "ci"
+from sailk8s.testing.containers import (
+    ci_image,
+    fake_pod_containers,
+    images_present,
+    oom_kill,
+    podman_available,
 )
+
+IMAGE = ci_image("train")
 
 
 def _pod(container: dict[str, Any], **spec: Any) -> dict[str, Any]:
@@ -88,12 +93,8 @@ def test_plan_refuses_volumes_it_cannot_provide() -> None:
 # -- pods in real containers -----------------------------------------------------------------
 
 
-def _image_present(image: str) -> bool:
-    return subprocess.run(["podman", "image", "exists", image], capture_output=True).returncode == 0
-
-
 needs_images = pytest.mark.skipif(
-    not (podman_available() and _image_present(IMAGE)),
+    not images_present([IMAGE]),
     reason=f"needs podman and {IMAGE} (make images-test builds it)",
 )
 
@@ -111,12 +112,6 @@ def _job(name: str, script: str, *, memory: str | None = None, **kwargs: Any) ->
         if memory:
             container["resources"] = {"limits": {"memory": memory}}
     return body
-
-
-def _leftover_containers() -> list[str]:
-    res = subprocess.run(["podman", "ps", "-a", "--filter", f"label={LABEL}", "--format", "{{.Names}}"],
-                         capture_output=True, text=True)
-    return res.stdout.split()
 
 
 @pytest.mark.slow
@@ -144,7 +139,7 @@ def test_container_mode_runs_the_pod_in_its_image(
                    "host j1-master-0 args []")
     state = core.read_namespaced_pod("j1-master-0", "default").status.container_statuses[0].state
     assert (state.terminated.exit_code, state.terminated.reason) == (3, "Error")
-    assert _leftover_containers() == []
+    assert fake_pod_containers("j1-") == []
 
 
 @pytest.mark.slow
@@ -166,7 +161,8 @@ def test_container_mode_reports_a_real_oom_kill(
     job = custom.get_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "j1")
     status = derive_status(job, [api.sanitize_for_serialization(pod)], now=time.time())
     assert (status.reason, status.failure) == ("OOMKilled", FailureClass.APP)
-    assert _leftover_containers() == []
+    assert fake_pod_containers("j1-") == []
+    assert not (Path.cwd() / "oom").exists()  # conmon's OOM note stays in the container's own folder
 
 
 @pytest.mark.slow
@@ -180,12 +176,12 @@ def test_container_mode_deleting_the_job_stops_the_container(
         deadline = time.monotonic() + 60
         while "up" not in _log(core) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert _leftover_containers() != []
+        assert fake_pod_containers("j1-") != []
         custom.delete_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, "j1",
                                                propagation_policy="Foreground")
-        while _leftover_containers() and time.monotonic() < deadline:
+        while fake_pod_containers("j1-") and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _leftover_containers() == []
+        assert fake_pod_containers("j1-") == []
 
 
 def test_container_mode_without_the_image_waits_as_err_image_never_pull(
@@ -220,3 +216,35 @@ def _log(core: client.CoreV1Api) -> str:
         return str(core.read_namespaced_pod_log("j1-master-0", "default"))
     except client.ApiException:
         return ""
+
+
+@pytest.mark.slow
+@needs_images
+def test_oom_kill_has_the_kernel_kill_a_running_pod_at_its_limit(
+    kube: FakeKubernetes, core: client.CoreV1Api, custom: client.CustomObjectsApi
+) -> None:
+    # The pod lives well inside its limit: only the filler oom_kill adds to its cgroup brings the
+    # kernel's OOM killer, and it must pick the process named, not the filler.
+    script = "import time; print('up', flush=True); time.sleep(300); print('survived')"
+    with FakeTrainingOperator(kube, mode="container", kill_grace=1.0) as operator:
+        body = _job("j1", script, memory="256Mi", run_policy={"backoffLimit": 0, "cleanPodPolicy": "None"})
+        custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
+        wait_for(lambda: "up" in _log(core), timeout=60, what="the pod's first line")
+        [name] = fake_pod_containers("j1-")
+        pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", name],
+                                 capture_output=True, text=True, check=True).stdout)
+        assert oom_kill(pid)
+        operator.wait_for_job("j1", "Failed", timeout=60)
+    pod = core.read_namespaced_pod("j1-master-0", "default")
+    terminated = pod.status.container_statuses[0].state.terminated
+    assert (terminated.exit_code, terminated.reason) == (137, "OOMKilled")
+    assert _log(core).strip() == "up"
+    assert fake_pod_containers("j1-") == []
+
+
+def test_oom_kill_refuses_a_process_without_a_small_enough_limit() -> None:
+    # The filler takes memory up to the limit: a process with none, or one above `most`, is refused
+    # before anything is written (no cgroup's limit is 1 MiB).
+    with pytest.raises(OSError, match="no memory limit of at most 1048576 bytes"):
+        oom_kill(os.getpid(), most=1 << 20)
+    assert Path(f"/proc/{os.getpid()}/oom_score_adj").read_text().strip() == "0"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from sailk8s.testing.chaos.catalogue import CATALOGUE, KUBE, LOCAL
+from sailk8s.testing.chaos.catalogue import CATALOGUE, CONTAINERS, KUBE, LOCAL
 from sailk8s.testing.chaos.scenario import draw
 from sailk8s.testing.chaos.shapes import CHAOS_SHAPES
 
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind in CATALOGUE:
             print(kind.line())
     for seed in args.draw or []:
-        for backend in (LOCAL, KUBE):
+        for backend in (LOCAL, KUBE, CONTAINERS):
             print(draw(seed, backend, CHAOS_SHAPES))
     return 0
 

@@ -12,9 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from sailk8s.testing import behaviors
-from sailk8s.testing.chaos.catalogue import BEFORE_MARKER, CHECKPOINT, RUNNING, SHARD, START
+from sailk8s.testing.chaos.catalogue import BEFORE_MARKER, CHECKPOINT, CONTAINERS, RUNNING, SHARD, START
 from sailk8s.testing.chaos.scenario import Strike
 from sailk8s.testing.chaos.world import BUCKET, NAMESPACE, Proc, World, tagged
+from sailk8s.testing.containers import oom_kill
 
 HUGE = 1_000_000
 
@@ -101,13 +102,39 @@ def _corrupt_checkpoint(w: World, run: str, stage: str, n: int) -> bool:
     return _kill(ranks(w, stage), signal.SIGKILL)
 
 
+def _no_more_writes(pid: int) -> None:
+    """RLIMIT_FSIZE 0 on `pid`: the kernel refuses its next file write (EFBIG, SIGXFSZ)."""
+    hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)[1]
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (0, hard))
+
+
+def _no_more_writes_as_owner(pid: int) -> bool:
+    """`_no_more_writes` from a child that takes `pid`'s uid and gid first: another user's limits
+    need CAP_SYS_RESOURCE, which root may lack (a container's rank runs as uid 10001)."""
+    owner = os.stat(f"/proc/{pid}")
+    child = os.fork()
+    if child == 0:  # only system calls here, then _exit: safe in a threaded parent
+        code = 1
+        try:
+            os.setgroups([])
+            os.setresgid(owner.st_gid, owner.st_gid, owner.st_gid)
+            os.setresuid(owner.st_uid, owner.st_uid, owner.st_uid)
+            _no_more_writes(pid)
+            code = 0
+        finally:
+            os._exit(code)
+    return os.waitpid(child, 0)[1] == 0
+
+
 def _disk_full(w: World, stage: str) -> bool:
     done = False
     for p in ranks(w, stage):
-        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
-            hard = resource.prlimit(p.pid, resource.RLIMIT_FSIZE)[1]
-            resource.prlimit(p.pid, resource.RLIMIT_FSIZE, (0, hard))
-            done = True
+        with contextlib.suppress(ProcessLookupError, OSError):
+            try:
+                _no_more_writes(p.pid)
+                done = True
+            except PermissionError:
+                done = _no_more_writes_as_owner(p.pid) or done
     return done
 
 
@@ -141,6 +168,12 @@ def fire(w: World, run: str, strike: Strike, controller: Callable[[str], bool]) 
         return _corrupt_checkpoint(w, run, stage, strike.moment.count)
     if kind == "disk_full":
         return _disk_full(w, stage)
+    if kind == "oom_killed" and w.backend == CONTAINERS:  # the kernel's OOM killer, at the pod's limit
+        found = ranks(w, stage)[:1]
+        try:
+            return bool(found) and oom_kill(found[0].pid)
+        except (FileNotFoundError, ProcessLookupError):
+            return False  # the rank ended before it could be struck
     if kind == "multipart_partial":
         w.proxy.inject("reset", 1, match="partNumber=")
         return True

@@ -12,10 +12,12 @@ from typing import Any
 
 from sailk8s.spec import Pipeline
 from sailk8s.testing.chaos import invariants
-from sailk8s.testing.chaos.catalogue import BY_NAME, KUBE
+from sailk8s.testing.chaos.catalogue import BY_NAME, CONTAINERS
 from sailk8s.testing.chaos.inject import fire, reached
 from sailk8s.testing.chaos.scenario import Scenario, Strike
 from sailk8s.testing.chaos.world import NAMESPACE, World
+from sailk8s.testing.containers import fake_pod_containers
+from sailk8s.testing.waiting import until_empty
 
 GLOBAL_KINDS = frozenset({"store_5xx", "store_reset", "store_slow", "store_down", "store_outage",
                           "controller_sigkill", "second_controller", "twin_controllers", "api_5xx_burst",
@@ -148,12 +150,7 @@ def allowed_classes(scenario: Scenario, fired: list[str], stages: list[str]) -> 
 def _cluster_leftovers(w: World, wait: float = 60.0) -> list[str]:
     """Pods still running or pending and leases still held, once `wait` seconds have not cleared
     them (deletion and garbage collection are asynchronous: a busy machine makes them late)."""
-    deadline = time.monotonic() + wait
-    while True:
-        bad = _cluster_leftovers_now(w)
-        if not bad or time.monotonic() > deadline:
-            return bad
-        time.sleep(0.2)
+    return until_empty(lambda: _cluster_leftovers_now(w), wait)
 
 
 def _cluster_leftovers_now(w: World) -> list[str]:
@@ -217,6 +214,9 @@ def check(w: World, pipeline: Pipeline, scenario: Scenario, res: Result,
     left = w.leftovers()
     bad += [f"process {p.pid} left behind: {' '.join(p.argv)[:120]}" for p in left]
     bad += _cluster_leftovers(w)
+    if w.backend == CONTAINERS:
+        names = until_empty(lambda: fake_pod_containers(f"{pipeline.run}-"))  # removal is asynchronous
+        bad += [f"container {name} left behind" for name in names]
     if w.store.exists(f"runs/{pipeline.run}/lock"):
         bad.append("the run's store lock was left behind")
     for rc in res.extra_controllers:
@@ -229,8 +229,8 @@ def check(w: World, pipeline: Pipeline, scenario: Scenario, res: Result,
     names = [s.name for s in pipeline.stages]
     bad += invariants.check_attempts(snap.state, pipeline, allowed_classes(scenario, res.fired, names))
     bad += invariants.check_names(submitted_names(w.logs()))
-    if w.backend == KUBE:
-        created = [r for r in w.kube.requests if r.method == "POST"  # type: ignore[union-attr]
+    if w.kube is not None:
+        created = [r for r in w.kube.requests if r.method == "POST"
                    and r.path.endswith("/pytorchjobs") and r.status == 201]
         stages = snap.state.stages.values() if snap.state else []
         state_names = [a.name for st in stages for a in st.attempts]

@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,9 +21,11 @@ from sailk8s.envcontract import CREDENTIAL_VARS
 from sailk8s.spec import Pipeline, parse_pipeline
 from sailk8s.store.base import ObjectStore
 from sailk8s.testing.apiserver import FakeKubernetes
-from sailk8s.testing.chaos.catalogue import KUBE
+from sailk8s.testing.chaos.catalogue import CONTAINERS, KUBE
+from sailk8s.testing.containers import ci_image
 from sailk8s.testing.operator import FakeTrainingOperator
 from sailk8s.testing.s3 import FaultProxy, S3Server, s3_server
+from sailk8s.testing.waiting import until_empty
 
 NAMESPACE = "sail"
 SECRET = "sail-store"
@@ -46,17 +47,22 @@ class Proc:
         return self.env.get("SAIL_STAGE")
 
     @property
+    def is_python(self) -> bool:
+        """A Python process (a container's podman client and conmon carry the tag too)."""
+        return bool(self.argv) and os.path.basename(self.argv[0]).startswith("python")
+
+    @property
     def is_rank(self) -> bool:
         """A rank: runs a `jobs.<kind>` workload (not the launcher, not torchrun)."""
         mods = [self.argv[i + 1] for i, a in enumerate(self.argv[:-1]) if a == "-m"]
-        if not mods or "RANK" not in self.env:
+        if not mods or "RANK" not in self.env or not self.is_python:
             return False
         return mods[-1].startswith("jobs.") and mods[-1] != "jobs.launch"
 
     @property
     def is_launcher(self) -> bool:
         """The attempt's `jobs.launch` process."""
-        return "jobs.launch" in self.argv
+        return self.is_python and "jobs.launch" in self.argv
 
 
 def tagged(tag: str) -> list[Proc]:
@@ -80,7 +86,8 @@ def tagged(tag: str) -> list[Proc]:
 
 
 def chaos_pipeline(backend: str, run: str = "chaos") -> dict[str, Any]:
-    """The chaos pipeline: ingest -> captioner (tiny sft, 3 checkpoints) and filter (image + dedup)."""
+    """The chaos pipeline: ingest -> captioner (tiny sft, 3 checkpoints) and filter (image + dedup).
+    For CONTAINERS each stage names its CI image (ingest and filter sail-filter, the sft sail-train)."""
     retry = {"max_attempts": 3, "backoff_base_seconds": 0.5, "backoff_cap_seconds": 2, "max_infra_retries": 6}
     samples = {"raw_digits": 24, "reference_digits": 16, "reference_photos": 0, "sft_knowledge_digits": 0,
                "sft_instruction_digits": 0, "eval_digits": 1, "duplicates": 4, "thumbnails": 2}
@@ -102,16 +109,19 @@ def chaos_pipeline(backend: str, run: str = "chaos") -> dict[str, Any]:
              {"type": "image", "min_side": 32, "max_aspect_ratio": 3.0},
              {"type": "dedup", "exact": True, "near": True, "max_distance": 2}]}},
     ]}
-    if backend == KUBE:
-        doc.update(namespace=NAMESPACE, store_secret=SECRET)
-    return doc
+    if backend == CONTAINERS:
+        for stage in doc["stages"]:
+            stage["resources"]["image"] = ci_image("train" if stage["kind"] == "sft" else "filter")
+        doc["image"] = ci_image("train")
+    return adapt(doc, backend)
 
 
 def adapt(doc: dict[str, Any], backend: str) -> dict[str, Any]:
-    """A pipeline document pointed at a world: its bucket as the store, its cluster's namespace."""
+    """A pipeline document pointed at a world: its bucket as the store, its cluster's namespace
+    (for CONTAINERS the stages must name images that podman has)."""
     out = copy.deepcopy(doc)
-    out.update(backend=backend, store=f"s3://{BUCKET}")
-    if backend == KUBE:
+    out.update(backend=KUBE if backend == CONTAINERS else backend, store=f"s3://{BUCKET}")
+    if backend in (KUBE, CONTAINERS):
         out.update(namespace=NAMESPACE, store_secret=SECRET)
     return out
 
@@ -171,12 +181,7 @@ class World:
     def leftovers(self, wait: float = 60.0) -> list[Proc]:
         """Tagged processes still alive after `wait` seconds (returns as soon as none is: the wait
         is a guard against a busy machine's slow exits, not a bound)."""
-        deadline = time.monotonic() + wait
-        while True:
-            left = tagged(self.tag)
-            if not left or time.monotonic() > deadline:
-                return left
-            time.sleep(0.2)
+        return until_empty(lambda: tagged(self.tag), wait)
 
     def kill_all(self) -> None:
         """Kill this world's controllers and every tagged process (by pid)."""
@@ -191,7 +196,8 @@ class World:
 
 @contextlib.contextmanager
 def world(workdir: Path, backend: str, root: Path) -> Iterator[World]:
-    """Start a fresh S3 server (bucket `sail`) behind a fault proxy and, for Kubernetes, the fake cluster."""
+    """Start a fresh S3 server (bucket `sail`) behind a fault proxy and, for Kubernetes, the fake cluster
+    (for CONTAINERS in container mode: each pod a podman container of its own image)."""
     workdir.mkdir(parents=True, exist_ok=True)
     with s3_server(BUCKET) as s3, FaultProxy(s3.endpoint) as proxy:
         w = World(workdir, backend, s3, proxy, root)
@@ -199,7 +205,7 @@ def world(workdir: Path, backend: str, root: Path) -> Iterator[World]:
         for key in list(store.list("")):  # moto's state is per process: empty what an earlier world left
             store.delete(key)
         try:
-            if backend != KUBE:
+            if backend not in (KUBE, CONTAINERS):
                 yield w
                 return
             with FakeKubernetes(namespaces=(NAMESPACE,)) as kube:
@@ -207,8 +213,11 @@ def world(workdir: Path, backend: str, root: Path) -> Iterator[World]:
                 data = {var: base64.b64encode(creds[var].encode()).decode() for var in CREDENTIAL_VARS}
                 secret = {"metadata": {"name": SECRET}, "data": data}
                 kube.state.create(kube.type("secrets"), NAMESPACE, secret)
-                env = {"PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", TAG_VAR: w.tag}
-                with FakeTrainingOperator(kube, mode="execute", cwd=str(root), kill_grace=2.0,
+                env = {"OMP_NUM_THREADS": "1", TAG_VAR: w.tag}
+                if backend == KUBE:  # processes run this checkout; containers run their image's code
+                    env["PYTHONPATH"] = str(root)
+                mode = "container" if backend == CONTAINERS else "execute"
+                with FakeTrainingOperator(kube, mode=mode, cwd=str(root), kill_grace=2.0,
                                           extra_env=env) as operator:
                     w.kube, w.operator = kube, operator
                     yield w
