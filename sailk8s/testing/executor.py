@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -97,12 +98,20 @@ class PodProcess:
         self._reader.join(timeout=5)
         return 128 - code if code < 0 else code
 
+    def pause(self, paused: bool = True) -> None:
+        """SIGSTOP (or SIGCONT) the whole process group: a test's gate, holding the pod at a
+        point it chose while it stays Running."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self._proc.pid, signal.SIGSTOP if paused else signal.SIGCONT)
+
     def kill(self, grace: float = 2.0) -> None:
         """SIGTERM the process group, SIGKILL it after `grace` seconds."""
         if self._proc.poll() is not None:
             return
         try:
             os.killpg(self._proc.pid, signal.SIGTERM)
+            os.killpg(self._proc.pid, signal.SIGCONT)  # a paused group must see its SIGTERM now
         except ProcessLookupError:
             return
         try:

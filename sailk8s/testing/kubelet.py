@@ -127,6 +127,16 @@ class FakeKubelet:
         if process is not None:  # outside the lock: killing waits up to kill_grace
             process.kill(self.kill_grace)
 
+    def pause(self, pod: str, namespace: str = "default", paused: bool = True) -> bool:
+        """Freeze (or thaw) a live pod's processes, which the API still shows Running: a test's
+        gate. False when the pod has no live process (not started yet, or ended)."""
+        with self._lock:
+            found = [r.process for r in self._runs.values()
+                     if (r.namespace, r.name) == (namespace, pod) and not r.done and r.process is not None]
+        for process in found:
+            process.pause(paused)
+        return bool(found)
+
     def forget(self, uid: str) -> None:
         """The pod was deleted (by anyone: user, GC, eviction): kill its process."""
         with self._lock:

@@ -133,6 +133,11 @@ class FakeTrainingOperator:
         self.kubelet.inject(pod, behavior, namespace)
 
     # -- helpers for tests --------------------------------------------------------------------
+    def pause(self, pod: str, namespace: str = "default", paused: bool = True) -> bool:
+        """Freeze (paused=False: thaw) a live pod's processes; it stays Running (a test's gate).
+        False when the pod has no live process."""
+        return self.kubelet.pause(pod, namespace, paused)
+
     def wait_for_job(
         self, name: str, condition: str = "Succeeded", namespace: str = "default", timeout: float = 30.0
     ) -> Obj:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from e2e_support import (
     JOB_APIS,
+    NAMESPACE,
     RUN,
     Cluster,
     assert_same_outputs,
@@ -55,16 +56,27 @@ def test_killed_controller_restarts_and_adopts_the_running_job(
     path = write_pipeline(tmp_path / "pipeline.yaml", doc)
     env = cluster.env()
     first = start_sail("run", "-f", str(path), env=env, log=tmp_path / "first.log")
-    # Kill the controller as soon as the captioner's master pod runs its (real) training process.
-    wait_for(lambda: rank0_phase(cluster) == "Running", timeout=300, what=f"{JOB}'s rank 0 to run")
+
+    # The captioner's rank-0 pod runs its (real) training process: freeze it there (it stays
+    # Running), so that it cannot finish before the restarted controller has adopted it, however
+    # busy the machine. Then kill the controller.
+    def freeze_rank0() -> bool:
+        pods = rank0_pods(cluster)
+        return bool(pods) and cluster.operator.pause(pods[0], NAMESPACE)
+
+    wait_for(freeze_rank0, timeout=300, what=f"{JOB}'s rank 0 to run")
     first.send_signal(signal.SIGKILL)
     first.wait(timeout=10)
     (master,) = rank0_pods(cluster)
     assert phase_of(cluster, master) == "Running"  # the job outlives its controller
 
-    second = start_sail("run", "-f", str(path), "--lock-wait", "60", env=env, log=tmp_path / "second.log")
-    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-4000:]
-    evs = events((tmp_path / "second.log").read_text())
+    second_log = tmp_path / "second.log"
+    second = start_sail("run", "-f", str(path), "--lock-wait", "60", env=env, log=second_log)
+    wait_for(lambda: second.poll() is not None or "attempt_adopted" in second_log.read_text(), timeout=300,
+             what="the restarted controller to adopt the job")
+    assert cluster.operator.pause(master, NAMESPACE, paused=False)  # thaw: the job finishes now
+    assert second.wait(timeout=600) == 0, second_log.read_text()[-4000:]
+    evs = events(second_log.read_text())
     adopted = [e for e in evs if e["event"] == "attempt_adopted"]
     # The restarted controller adopted the job while it was still running, and submitted no
     # new attempt of it.
