@@ -142,14 +142,22 @@ def test_lock_cancel_and_detached_submit(tmp_path: Path, local_env: dict[str, Pa
     path = write_pipeline(tmp_path, local_env["store"])
     proc = start("run", "-f", str(path))
     wait_for(lambda: list(local_env["local"].glob("*/r1/*/a/1/child.json")), what="stage a to start")
+
+    # The child exists before the controller has recorded its attempt: wait for the record.
+    def running_row() -> dict[str, Any]:
+        return {r["stage"]: r for r in status_json(path)["stages"]}
+
+    def a_running() -> bool:
+        row = running_row()["a"]
+        return (row["state"], row["phase"], row["attempt"]) == ("running", "Running", "r1-a-1")
+
+    wait_for(a_running, what="stage a's attempt recorded as running")
     second = sail("run", "-f", str(path))
     assert second.returncode not in (0, None)
     assert second.stderr.strip().count("\n") == 0 and "driven by another controller" in second.stderr
     assert "Traceback" not in second.stderr
 
-    live = {r["stage"]: r for r in status_json(path)["stages"]}
-    assert (live["a"]["state"], live["a"]["phase"], live["a"]["attempt"]) == ("running", "Running", "r1-a-1")
-    assert live["b"]["state"] == "pending"
+    assert running_row()["b"]["state"] == "pending"
 
     res = sail("cancel", "r1", "-f", str(path))
     assert res.returncode == 0 and "r1-a-1" in res.stdout
