@@ -49,17 +49,21 @@ lint: venv
 	$(VENV)/bin/mypy sailk8s
 	$(VENV)/bin/lint-imports
 
+# On every core, each top folder of tests/ on one worker (tests/conftest.py groups them);
+# PARALLEL= runs them in one process.
+PARALLEL ?= -n auto --dist loadgroup
+
 # The main venv skips the tests marked vllm; the vLLM venv runs only those.
 test: lint vllm-venv
 	scripts/ensure-chromium.sh
-	$(PY) -m pytest
+	$(PY) -m pytest $(PARALLEL)
 	$(MAKE) test-vllm
 
 test-vllm: vllm-venv
 	$(VLLM_PY) -m pytest -m vllm tests/engines
 
 test-quick: venv
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest $(PARALLEL) -m "not slow" -q
 
 bench: venv
 	for b in benchmarks/*.py; do $(PY) $$b --quick || exit 1; done

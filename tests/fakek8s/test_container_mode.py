@@ -18,6 +18,7 @@ from sailk8s.exitcodes import FailureClass
 from sailk8s.testing import FakeKubernetes, FakeTrainingOperator, wait_for
 from sailk8s.testing.containerargs import PodSpecError, plan_container
 from sailk8s.testing.containers import (
+    PodContainer,
     ci_image,
     fake_pod_containers,
     images_present,
@@ -230,8 +231,10 @@ def test_oom_kill_has_the_kernel_kill_a_running_pod_at_its_limit(
         body = _job("j1", script, memory="256Mi", run_policy={"backoffLimit": 0, "cleanPodPolicy": "None"})
         custom.create_namespaced_custom_object(GROUP, VERSION, "default", PLURAL, body)
         wait_for(lambda: "up" in _log(core), timeout=60, what="the pod's first line")
-        [name] = fake_pod_containers("j1-")
-        pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", name],
+        uid = core.read_namespaced_pod("j1-master-0", "default").metadata.uid
+        live = operator.kubelet.live_run(uid)
+        assert live is not None and isinstance(live.process, PodContainer)
+        pid = int(subprocess.run(["podman", "inspect", "--format", "{{.State.Pid}}", live.process.name],
                                  capture_output=True, text=True, check=True).stdout)
         assert oom_kill(pid)
         operator.wait_for_job("j1", "Failed", timeout=60)
