@@ -11,6 +11,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -285,11 +286,22 @@ class PodContainer(PodProcess):
                 text=True,
             )
             self._oom = res.stdout.strip() == "true"
-        subprocess.run([self.podman, "rm", "--force", "--time=0", self.name], capture_output=True)
+        self._rm()
         if self._memcg is not None:
             self._memcg.remove()
         for folder in self._scratch:
             shutil.rmtree(folder, ignore_errors=True)
+
+    def _rm(self, attempts: int = 60) -> None:
+        """`podman rm --force` until the container is gone: on a busy machine a removal can fail
+        while podman's own clean-up of an OOM-killed container still holds it (a leftover was
+        seen twice under load)."""
+        for _ in range(attempts):
+            subprocess.run([self.podman, "rm", "--force", "--time=0", self.name], capture_output=True)
+            exists = subprocess.run([self.podman, "container", "exists", self.name], capture_output=True)
+            if exists.returncode:
+                return
+            time.sleep(0.5)
 
     def pause(self, paused: bool = True) -> None:
         """`podman pause` (the cgroup freezer) or `podman unpause`."""
